@@ -1,0 +1,91 @@
+"""The pipeline's exceptions, and the one place database errors are classified.
+
+Every error a job can end with derives from :class:`PipelineError`. Driver errors are translated
+here into three families: transient (retry the batch), reference (a row this write needs does
+not exist yet: retry the job later) and data (this job's rows can never be written: isolate and
+dead-letter it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+
+
+class PipelineError(Exception):
+    """Root of the pipeline's exceptions."""
+
+
+class InvalidPayload(PipelineError):
+    """The job's arguments do not match its write kind's schema; it is dead-lettered unrun."""
+
+
+class MissingReference(PipelineError):
+    """A row this job refers to (a parent node, a node to score) does not exist yet."""
+
+
+class DataError(PipelineError):
+    """PostgreSQL refused this job's rows (check, not-null, too long…); retrying cannot help."""
+
+
+class TransientError(PipelineError):
+    """The database could not be reached or aborted the transaction; the batch may be retried."""
+
+
+class JobFailed(PipelineError):
+    """A job failed in the worker; what a producer sees when it awaits the job's result.
+
+    The worker sends failures as plain data (never pickled objects), and the producer's
+    deserializer rebuilds them as this class, keeping the original class name in ``kind``.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+# SQLSTATE classes (first two characters) and codes that mean "try again".
+_TRANSIENT_CLASSES = {"08", "53", "57", "40"}  # connection, resources, operator, tx rollback
+_TRANSIENT_CODES = {"55P03", "55006"}  # lock not available, object in use
+_FOREIGN_KEY_VIOLATION = "23503"
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a driver error wrapped by SQLAlchemy, if it has one."""
+    orig: Any = getattr(error, "orig", None)
+    for candidate in (orig, getattr(orig, "__cause__", None), error):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
+def classify(error: BaseException) -> PipelineError:
+    """Translate an error raised while writing a batch into the pipeline's vocabulary."""
+    if isinstance(error, PipelineError):
+        return error
+    code = sqlstate(error)
+    message = _first_line(error)
+    if code == _FOREIGN_KEY_VIOLATION:
+        return MissingReference(message)
+    if code is not None and (code[:2] in _TRANSIENT_CLASSES or code in _TRANSIENT_CODES):
+        return TransientError(message)
+    if code is not None and code[:2] in {"22", "23", "42"}:
+        return DataError(message)
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return TransientError(message)
+    if isinstance(error, OSError | ConnectionError | TimeoutError | sa_exc.TimeoutError):
+        return TransientError(message)
+    if isinstance(error, sa_exc.InterfaceError | sa_exc.OperationalError):
+        return TransientError(message)
+    if isinstance(error, sa_exc.StatementError):
+        return DataError(message)
+    return TransientError(message)
+
+
+def _first_line(error: BaseException) -> str:
+    orig = getattr(error, "orig", None)
+    text = str(orig if orig is not None else error) or type(error).__name__
+    return text.strip().splitlines()[0][:500]

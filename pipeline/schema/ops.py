@@ -1,0 +1,29 @@
+"""Operational tables: the dead-letter store."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import BigInteger, Identity, Index, Integer, String, Text, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from pipeline.schema.base import Base, created_at
+
+
+class DeadLetter(Base):
+    """A job that can never succeed as sent: its payload, why it failed, and how often."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(255), unique=True)
+    function: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[dict[str, Any]]
+    error_class: Mapped[str] = mapped_column(String(255))
+    error_message: Mapped[str] = mapped_column(Text)
+    tries: Mapped[int] = mapped_column(Integer, server_default="1")
+    first_seen_at: Mapped[dt.datetime] = created_at()
+    last_seen_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (Index("ix_dead_letters_function_last_seen", "function", "last_seen_at"),)

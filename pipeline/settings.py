@@ -1,0 +1,63 @@
+"""Configuration: one pydantic-settings class, read from ``PIPELINE_*`` environment variables.
+
+Defaults work against PostgreSQL and Redis on 127.0.0.1, so a developer needs no configuration.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, PostgresDsn, RedisDsn
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the pipeline; each field is ``PIPELINE_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_", env_file=".env", extra="ignore")
+
+    database_url: PostgresDsn = Field(
+        default=PostgresDsn("postgresql+asyncpg://postgres@127.0.0.1:5432/pipeline"),
+        description="SQLAlchemy URL of the PostgreSQL primary (asyncpg driver).",
+    )
+    read_database_url: PostgresDsn | None = Field(
+        default=None, description="Optional replica for the read repository."
+    )
+    redis_url: RedisDsn = Field(
+        default=RedisDsn("redis://127.0.0.1:6379/0"), description="Redis holding the arq queue."
+    )
+    queue_name: str = Field(default="pipeline:queue", description="arq queue name.")
+
+    db_pool_size: int = Field(default=4, ge=1, description="Connections kept in the pool.")
+    db_max_overflow: int = Field(default=4, ge=0, description="Extra connections under load.")
+
+    max_jobs: int = Field(
+        default=1000, ge=1, description="Jobs one worker runs at once; batches form from these."
+    )
+    batch_max_rows: int = Field(default=5000, ge=1, description="Rows per flushed batch, at most.")
+    job_max_items: int = Field(default=5000, ge=1, description="Items one job may carry.")
+    job_timeout_s: int = Field(
+        default=20, ge=1, description="arq job timeout; a killed worker's jobs rerun after +10 s."
+    )
+    max_tries: int = Field(default=8, ge=2, description="Tries per job before it is dead-lettered.")
+    reference_retry_delay_s: float = Field(
+        default=0.5, ge=0, description="First delay before rerunning a job whose parent is missing."
+    )
+    transient_retries: int = Field(
+        default=4, ge=0, description="In-process retries of a batch on a transient database error."
+    )
+    transient_backoff_s: float = Field(default=0.05, ge=0, description="First backoff, doubled.")
+    poll_delay_s: float = Field(default=0.005, gt=0, description="arq poll delay when idle.")
+    shutdown_wait_s: int = Field(
+        default=15, ge=1, description="On SIGTERM, how long running jobs may take to finish."
+    )
+    principle_cache_size: int = Field(
+        default=100_000, ge=0, description="Principle scores kept in the read-side cache."
+    )
+    log_level: str = Field(default="INFO", description="Log level of the pipeline's loggers.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

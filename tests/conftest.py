@@ -1,0 +1,99 @@
+"""Fixtures shared by every test: real PostgreSQL and Redis, a fresh database for each test.
+
+A session-wide template database is migrated once with Alembic (``upgrade head``); each test
+gets its own copy (``CREATE DATABASE … TEMPLATE``), dropped afterwards. Redis uses its own
+database number, flushed before each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+ADMIN_URL = os.environ.get("PIPELINE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("PIPELINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+HOW_TO_START = (
+    "start them with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start; "
+    'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no'
+)
+
+
+def _db_url(name: str) -> str:
+    return make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+async def _admin(sql: str) -> None:
+    try:
+        conn = await asyncpg.connect(ADMIN_URL)
+    except OSError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {ADMIN_URL} ({exc}); {HOW_TO_START}")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def migrate(url: str, revision: str = "head", *, down: bool = False) -> None:
+    """Run Alembic against ``url`` the way ``pipeline migrate`` does."""
+    config = Config(os.path.join(os.path.dirname(__file__), "..", "alembic.ini"))
+    config.attributes["url"] = url
+    config.attributes["configure_logger"] = False
+    (command.downgrade if down else command.upgrade)(config, revision)
+
+
+@pytest.fixture(scope="session")
+def template_db() -> Iterator[str]:
+    """A migrated database that each test's database is copied from."""
+    name = f"pipeline_test_tpl_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        migrate(_db_url(name))
+        yield name
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def database_url(template_db: str) -> AsyncIterator[str]:
+    """The URL of a fresh, migrated database of this test's own."""
+    name = f"pipeline_test_{uuid.uuid4().hex[:12]}"
+    await _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    try:
+        yield make_url(_db_url(name)).set(drivername="postgresql+asyncpg").render_as_string(
+            hide_password=False
+        )
+    finally:
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on this test's database."""
+    eng = create_async_engine(database_url, pool_size=4, max_overflow=4)
+    try:
+        yield eng
+    finally:
+        await eng.dispose()
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """A Redis database number of the tests' own, flushed before each test."""
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        await client.flushdb()
+    except (OSError, aioredis.ConnectionError) as exc:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); {HOW_TO_START}")
+    finally:
+        await client.aclose()
+    yield REDIS_URL
