@@ -201,3 +201,15 @@ class BranchStats(Base):
             ["project_id", "node_id"], ["nodes.project_id", "nodes.node_id"], ondelete="CASCADE"
         ),
     )
+
+
+def branch_stats_lock_key(project_sql: str) -> str:
+    """SQL for the advisory-lock key guarding a project's cached branch statistics.
+
+    Writers that change nodes hold it shared (``pg_advisory_xact_lock_shared``) while they delete
+    stale ``branch_stats`` rows; a reader that computes and stores statistics holds it exclusive
+    (``pg_advisory_xact_lock``). So a reader never stores statistics computed from a snapshot that
+    misses a concurrent writer's change: it waits for writers in flight, and writers after it see
+    and delete its row.
+    """
+    return f"hashtextextended('pipeline.branch_stats:' || {project_sql}, 0)"
