@@ -1,0 +1,238 @@
+"""The coalescer: many jobs' rows, one transaction.
+
+Jobs submit rows and wait. A single flusher task takes everything pending (up to
+``batch_max_rows``) and writes it as one transaction: targets in foreign-key order, one sorted,
+set-based statement per target. While a flush runs, new submissions queue up and form the next
+batch, so batches are small at low load (latency) and large at high load (throughput). This is
+group commit: there is no timer and no linger.
+
+After the commit every job in the batch gets a receipt. A transient error retries the batch with
+jittered exponential backoff, then fails every job with :class:`TransientError` (the job turns it
+into arq's ``Retry``). A data error splits the batch in halves until the job that causes it is
+alone; everything else commits. Rows a statement reports as referring to missing rows fail their
+job with :class:`MissingReference` after the rest of the batch committed (writes are idempotent,
+so the job's rerun re-applies nothing twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import uuid
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from pipeline.errors import DataError, MissingReference, PipelineError, TransientError, classify
+from pipeline.kinds.base import Invalidation, Row, Target
+
+log = structlog.get_logger("pipeline.coalescer")
+
+
+class Receipt(TypedDict):
+    """What a job returns once its rows are committed."""
+
+    batch_id: str
+    rows: int
+    jobs: int
+    committed_at: str
+
+
+@dataclass(eq=False)
+class Submission:
+    """One job's rows waiting for a flush."""
+
+    job_id: str
+    kind: str
+    target: Target
+    rows: list[Row]
+    future: asyncio.Future[Receipt]
+
+
+@dataclass
+class Flush:
+    """What one flush did, for its log line."""
+
+    transactions: int = 0
+    retries: int = 0
+    outcomes: dict[Submission, Receipt | PipelineError] = field(default_factory=dict)
+
+
+class Coalescer:
+    """Buffers rows from concurrent jobs and commits them together."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        max_rows: int,
+        transient_retries: int,
+        backoff_s: float,
+    ) -> None:
+        self._engine = engine
+        self._max_rows = max_rows
+        self._retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop_after_attempt(transient_retries + 1),
+            wait=wait_random_exponential(multiplier=backoff_s, max=max(backoff_s * 20, 1.0)),
+            reraise=True,
+        )
+        self._pending: deque[Submission] = deque()
+        self._wakeup = asyncio.Event()
+        self._flushing = False
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.last_flush: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        """Start the flusher task."""
+        self._task = asyncio.create_task(self._run(), name="pipeline-flusher")
+
+    async def close(self) -> None:
+        """Flush everything pending, then stop the flusher."""
+        while self._pending or self._flushing:
+            self._wakeup.set()
+            await asyncio.sleep(0.005)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def submit(self, job_id: str, kind: str, target: Target, rows: list[Row]) -> Receipt:
+        """Queue a job's rows; return its receipt once they are committed."""
+        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        self._pending.append(Submission(job_id, kind, target, rows, future))
+        self._wakeup.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch = self._take()
+            self._flushing = True
+            try:
+                await self._flush(batch)
+            except Exception as exc:  # never let the flusher die: fail the batch, keep going
+                log.exception("flush failed unexpectedly", jobs=len(batch))
+                _settle({s: TransientError(f"flush failed: {exc!r}") for s in batch})
+            finally:
+                self._flushing = False
+
+    def _take(self) -> list[Submission]:
+        batch = [self._pending.popleft()]
+        rows = len(batch[0].rows)
+        while self._pending and rows + len(self._pending[0].rows) <= self._max_rows:
+            submission = self._pending.popleft()
+            rows += len(submission.rows)
+            batch.append(submission)
+        return batch
+
+    async def _flush(self, batch: list[Submission]) -> None:
+        started = time.perf_counter()
+        flush = Flush()
+        await self._commit_isolating(batch, flush)
+        _settle(flush.outcomes)
+        self.batches += 1
+        failed = [type(o).__name__ for o in flush.outcomes.values() if isinstance(o, Exception)]
+        self.last_flush = {
+            "jobs": len(batch),
+            "rows": sum(len(s.rows) for s in batch),
+            "kinds": sorted({s.kind for s in batch}),
+            "transactions": flush.transactions,
+            "retries": flush.retries,
+            "failed": len(failed),
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "at": dt.datetime.now(dt.UTC).isoformat(),
+        }
+        log.info("batch flushed", **self.last_flush)
+
+    async def _commit_isolating(self, subs: list[Submission], flush: Flush) -> None:
+        """Commit ``subs``; on a data error, split until the failing job is alone."""
+        try:
+            batch_id, missing = await self._commit_with_retries(subs, flush)
+        except (DataError, MissingReference) as exc:
+            if len(subs) == 1:
+                flush.outcomes[subs[0]] = exc
+                return
+            middle = len(subs) // 2
+            await self._commit_isolating(subs[:middle], flush)
+            await self._commit_isolating(subs[middle:], flush)
+            return
+        except TransientError as exc:
+            flush.outcomes.update(dict.fromkeys(subs, exc))
+            return
+        committed_at = dt.datetime.now(dt.UTC).isoformat()
+        for sub in subs:
+            unresolved = _unresolved(sub, missing)
+            if unresolved:
+                flush.outcomes[sub] = MissingReference(
+                    f"{len(unresolved)} of {len(sub.rows)} {sub.kind} item(s) refer to rows that "
+                    f"do not exist yet, e.g. {unresolved[0]!r}"
+                )
+            else:
+                flush.outcomes[sub] = Receipt(
+                    batch_id=batch_id, rows=len(sub.rows), jobs=len(subs), committed_at=committed_at
+                )
+
+    async def _commit_with_retries(
+        self, subs: list[Submission], flush: Flush
+    ) -> tuple[str, dict[Target, set[Row]]]:
+        groups: dict[Target, list[Row]] = defaultdict(list)
+        for sub in subs:
+            groups[sub.target].extend(sub.rows)
+        plan = [
+            (target, target.prepare(rows))
+            for target, rows in sorted(groups.items(), key=lambda g: (g[0].order, g[0].name))
+        ]
+        async for attempt in self._retrying.copy():
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    flush.retries += 1
+                flush.transactions += 1
+                return await self._transaction(plan)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _transaction(self, plan: list[tuple[Target, list[Row]]]) -> tuple[str, dict[Target, set[Row]]]:
+        """One transaction: every target's statement, then the invalidations they call for."""
+        missing: dict[Target, set[Row]] = {}
+        touched: dict[Invalidation, list[Row]] = defaultdict(list)
+        try:
+            async with self._engine.begin() as conn:
+                for target, rows in plan:
+                    missing[target] = await target.write(conn, rows)
+                    if target.invalidates is not None:
+                        touched[target.invalidates].extend(target.touched(rows))
+                for invalidation, keys in sorted(touched.items(), key=lambda i: i[0].name):
+                    await invalidation.run(conn, keys)
+        except Exception as exc:
+            raise classify(exc) from exc
+        return uuid.uuid4().hex, missing
+
+
+def _unresolved(sub: Submission, missing: dict[Target, set[Row]]) -> list[Row]:
+    keys = missing.get(sub.target)
+    if not keys:
+        return []
+    key_of = sub.target.key_of
+    return [key_of(row) for row in sub.rows if key_of(row) in keys]
+
+
+def _settle(outcomes: dict[Submission, Receipt | PipelineError]) -> None:
+    for sub, outcome in outcomes.items():
+        if sub.future.done():  # the job was cancelled meanwhile; its rerun is idempotent
+            continue
+        if isinstance(outcome, Exception):
+            sub.future.set_exception(outcome)
+        else:
+            sub.future.set_result(outcome)

@@ -1,0 +1,123 @@
+"""The arq job functions: validate, hand rows to the coalescer, and turn each outcome into what
+arq should do with the job (complete it, retry it later, or fail it and keep a dead letter)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from arq import Retry
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pipeline import dead_letters
+from pipeline.coalescer import Coalescer, Receipt
+from pipeline.errors import (
+    DataError,
+    InvalidPayload,
+    MissingReference,
+    PipelineError,
+    TransientError,
+    classify,
+)
+from pipeline.kinds.base import Row, WriteKind
+from pipeline.settings import Settings
+
+log = structlog.get_logger("pipeline.jobs")
+JobFunction = Callable[..., Awaitable[Receipt]]
+
+
+def describe(error: ValidationError, limit: int = 8) -> str:
+    """A one-line, value-free summary of a pydantic validation error."""
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or '<payload>'}: {e['msg']}"
+        for e in error.errors(include_url=False, include_input=False)[:limit]
+    ]
+    more = error.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+class JobRunner:
+    """Runs one write job; shared by all job functions of a worker process (kept in ``ctx``)."""
+
+    def __init__(self, settings: Settings, engine: AsyncEngine, coalescer: Coalescer) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.coalescer = coalescer
+
+    async def run(
+        self, kind: WriteKind[Any], ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Receipt:
+        """Validate, write and settle one job."""
+        try:
+            rows = self._rows(kind, ctx, args, kwargs)
+        except InvalidPayload as exc:
+            await self._dead_letter(kind, ctx, kwargs, exc)
+            raise
+        try:
+            return await self.coalescer.submit(ctx["job_id"], kind.name, kind.target, rows)
+        except (MissingReference, TransientError) as exc:
+            if ctx["job_try"] < self.settings.max_tries:
+                raise Retry(defer=self._delay(exc, ctx["job_try"])) from exc
+            await self._dead_letter(kind, ctx, kwargs, exc)
+            raise
+        except DataError as exc:
+            await self._dead_letter(kind, ctx, kwargs, exc)
+            raise
+
+    def _rows(
+        self, kind: WriteKind[Any], ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[Row]:
+        if args:
+            raise InvalidPayload(f"{kind.name} takes keyword arguments only, got {len(args)} positional")
+        try:
+            payload = kind.validate(kwargs)
+        except ValidationError as exc:
+            raise InvalidPayload(f"{kind.name}: {describe(exc)}") from None
+        rows = kind.rows(payload, int(ctx["enqueue_time"].timestamp() * 1000) * 1000)
+        if len(rows) > self.settings.job_max_items:
+            raise InvalidPayload(
+                f"{kind.name}: {len(rows)} items in one job; at most {self.settings.job_max_items}"
+            )
+        return rows
+
+    def _delay(self, error: PipelineError, job_try: int) -> float:
+        first = self.settings.reference_retry_delay_s if isinstance(error, MissingReference) else 1.0
+        return min(first * 2 ** (job_try - 1), 60.0)
+
+    async def _dead_letter(
+        self, kind: WriteKind[Any], ctx: dict[str, Any], kwargs: dict[str, Any], error: PipelineError
+    ) -> None:
+        log.warning(
+            "job dead-lettered",
+            job_id=ctx["job_id"],
+            function=kind.name,
+            tries=ctx["job_try"],
+            error=type(error).__name__,
+            reason=str(error),
+        )
+        try:
+            await dead_letters.record(
+                self.engine,
+                job_id=ctx["job_id"],
+                function=kind.name,
+                payload=kwargs,
+                error=error,
+                tries=ctx["job_try"],
+            )
+        except Exception as exc:  # the record must not be lost: let arq run the job again
+            log.warning("dead letter not recorded, job will run again", error=repr(classify(exc)))
+            raise Retry(defer=self._delay(TransientError(), ctx["job_try"])) from exc
+
+
+def job_function(kind: WriteKind[Any]) -> JobFunction:
+    """The arq coroutine of a write kind, named after it."""
+
+    async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Receipt:
+        runner: JobRunner = ctx["pipeline"]
+        return await runner.run(kind, ctx, args, kwargs)
+
+    run.__name__ = run.__qualname__ = kind.name
+    run.__doc__ = f"arq job ``{kind.name}``: {kind.payload.__doc__}"
+    return run

@@ -1,0 +1,28 @@
+"""The registry of write kinds: every arq job function the worker serves.
+
+To add a kind, write its module (payload model, target, rows) and list it here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.kinds.base import Invalidation, Row, Target, WriteKind
+from pipeline.kinds.labeled_samples import save_labeled_samples
+from pipeline.kinds.nodes import insert_nodes, update_scores, update_statuses
+from pipeline.kinds.principle_scores import save_principle_scores
+from pipeline.kinds.projects import upsert_project
+from pipeline.kinds.rubrics import save_rubric
+
+KINDS: tuple[WriteKind[Any], ...] = (
+    upsert_project,
+    save_rubric,
+    insert_nodes,
+    update_scores,
+    update_statuses,
+    save_principle_scores,
+    save_labeled_samples,
+)
+BY_NAME: dict[str, WriteKind[Any]] = {kind.name: kind for kind in KINDS}
+
+__all__ = ["BY_NAME", "KINDS", "Invalidation", "Row", "Target", "WriteKind"]

@@ -1,0 +1,143 @@
+"""What a write kind is: a payload model, the rows it yields, and the target statement they feed.
+
+A :class:`Target` is one set-based statement against one table: its columns (sent as arrays and
+``unnest``-ed), its key, its merge rule for two rows with the same key in one batch, and its
+place in the foreign-key order. A :class:`WriteKind` is an arq function: it validates its keyword
+arguments with a pydantic model and turns them into rows of a target. Several kinds may feed one
+target (``update_scores`` and ``update_statuses`` both update ``nodes``), so each table is changed
+by one sorted statement per batch and two workers never lock its rows in opposite orders.
+
+The coalescer knows only these two classes; adding a kind never touches it.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, TypeAdapter
+from sqlalchemy import TextClause, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+Row = tuple[Any, ...]
+Merge = Callable[[Row, Row], Row]
+P = TypeVar("P", bound=BaseModel)
+
+
+def keep_first(old: Row, new: Row) -> Row:
+    """Merge rule of insert-if-absent targets: the first row of a key stands."""
+    return old
+
+
+def newest(version_index: int) -> Merge:
+    """Merge rule of last-write-wins targets: the row with the highest version stands."""
+
+    def merge(old: Row, new: Row) -> Row:
+        return new if new[version_index] > old[version_index] else old
+
+    return merge
+
+
+@dataclass(frozen=True, eq=False)
+class Invalidation:
+    """A statement run once at the end of a batch with the keys every target reported touching."""
+
+    name: str
+    statements: tuple[str, ...]
+    columns: tuple[str, ...]
+    clauses: tuple[TextClause, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "clauses", tuple(text(s) for s in self.statements))
+
+    async def run(self, conn: AsyncConnection, keys: Iterable[Row]) -> None:
+        """Run the statements with the (deduplicated, sorted) keys as arrays."""
+        ordered = sorted(set(keys))
+        if not ordered:
+            return
+        params = dict(zip(self.columns, (list(c) for c in zip(*ordered, strict=True)), strict=True))
+        for clause in self.clauses:
+            await conn.execute(clause, params)
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """One set-based statement: the rows of a batch for one table, merged, sorted, sent as arrays.
+
+    ``sql`` is a template in which ``{rows}`` stands for ``unnest(CAST(:col AS type[]), …) AS
+    v(col, …)``. When ``reports_missing`` is set, the statement returns the key of every row it
+    could not apply because a row it refers to does not exist yet.
+    """
+
+    name: str
+    table: str
+    order: int
+    columns: tuple[tuple[str, str], ...]
+    key: tuple[str, ...]
+    sql: str
+    merge: Merge = keep_first
+    reports_missing: bool = False
+    invalidates: Invalidation | None = None
+    statement: TextClause = field(init=False, repr=False)
+    key_of: Callable[[Row], Row] = field(init=False, repr=False)
+    touched_of: Callable[[Row], Row] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        names = [name for name, _ in self.columns]
+        unnest = ", ".join(f"CAST(:{name} AS {pg}[])" for name, pg in self.columns)
+        rows = f"unnest({unnest}) AS v({', '.join(names)})"
+        object.__setattr__(self, "statement", text(self.sql.format(rows=rows)))
+        getter = operator.itemgetter(*(names.index(k) for k in self.key))
+        key_of = getter if len(self.key) > 1 else (lambda row: (getter(row),))
+        object.__setattr__(self, "key_of", key_of)
+        if self.invalidates is not None:
+            touched = operator.itemgetter(*(names.index(c) for c in self.invalidates.columns))
+            object.__setattr__(self, "touched_of", touched)
+
+    def touched(self, rows: Iterable[Row]) -> list[Row]:
+        """The keys of ``rows`` that this target's invalidation is run with."""
+        touched_of = self.touched_of
+        return [touched_of(row) for row in rows]
+
+    def prepare(self, rows: Iterable[Row]) -> list[Row]:
+        """One row per key (merged by the target's rule), sorted by key."""
+        merged: dict[Row, Row] = {}
+        key_of, merge = self.key_of, self.merge
+        for row in rows:
+            key = key_of(row)
+            old = merged.get(key)
+            merged[key] = row if old is None else merge(old, row)
+        return [merged[key] for key in sorted(merged)]
+
+    async def write(self, conn: AsyncConnection, rows: Sequence[Row]) -> set[Row]:
+        """Execute the statement for prepared rows; the keys it could not apply."""
+        names = [name for name, _ in self.columns]
+        params = dict(zip(names, (list(c) for c in zip(*rows, strict=True)), strict=True))
+        result = await conn.execute(self.statement, params)
+        if not self.reports_missing:
+            return set()
+        return {tuple(r) for r in result}
+
+
+@dataclass(frozen=True)
+class WriteKind(Generic[P]):
+    """An arq job function: its payload model and how a payload becomes rows of its target.
+
+    ``rows`` receives the validated payload and the default version (the job's enqueue time in
+    microseconds), used for items that carry no version of their own.
+    """
+
+    name: str
+    payload: type[P]
+    target: Target
+    rows: Callable[[P, int], list[Row]]
+    adapter: TypeAdapter[P] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "adapter", TypeAdapter(self.payload))
+
+    def validate(self, kwargs: dict[str, Any]) -> P:
+        """The payload, or pydantic's ValidationError."""
+        return self.adapter.validate_python(kwargs)

@@ -1,0 +1,249 @@
+"""The node tree: ``insert_nodes``, ``update_scores`` and ``update_statuses``.
+
+Nodes are inserted if absent. A node is placed only when its parent exists already or is placed
+in the same statement (so a chain of new nodes lands together); nodes whose parent is missing
+are reported back and their jobs retried later. Scores and status are last-write-wins, each
+field with its own version, so an update of one score never undoes a newer update of the other.
+Both update kinds feed one target, so ``nodes`` rows are locked by one sorted statement per batch.
+Every change deletes the cached branch statistics of the changed nodes' ancestors.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, FiniteFloat, model_validator
+
+from pipeline.kinds.base import Invalidation, Row, Target, WriteKind
+from pipeline.kinds.fields import STRICT, JsonObject, Key, Text, Version, to_json
+from pipeline.schema.taxonomy import branch_stats_lock_key
+
+Status = Literal["alive", "expanded", "pruned", "terminal", "failed"]
+
+BRANCH_STATS = Invalidation(
+    name="branch_stats",
+    columns=("project_id", "node_id"),
+    statements=(
+        f"""
+        SELECT pg_advisory_xact_lock_shared({branch_stats_lock_key("p")})
+        FROM (SELECT DISTINCT p FROM unnest(CAST(:project_id AS text[])) AS p ORDER BY p) AS s
+        """,
+        """
+        WITH RECURSIVE touched AS (
+            SELECT n.project_id, n.node_id, n.parent_id
+            FROM unnest(CAST(:project_id AS text[]), CAST(:node_id AS text[]))
+                AS v(project_id, node_id)
+            JOIN nodes n ON n.project_id = v.project_id AND n.node_id = v.node_id
+            WHERE EXISTS (SELECT 1 FROM branch_stats b WHERE b.project_id = v.project_id)
+          UNION
+            SELECT p.project_id, p.node_id, p.parent_id
+            FROM touched t JOIN nodes p ON p.project_id = t.project_id AND p.node_id = t.parent_id
+        ),
+        stale AS (
+            SELECT b.project_id, b.node_id FROM branch_stats b
+            JOIN touched t ON b.project_id = t.project_id AND b.node_id = t.node_id
+            ORDER BY b.project_id, b.node_id
+            FOR UPDATE OF b
+        )
+        DELETE FROM branch_stats b USING stale s
+        WHERE b.project_id = s.project_id AND b.node_id = s.node_id
+        """,
+    ),
+)
+
+
+class NewNode(BaseModel):
+    """One node to insert."""
+
+    model_config = STRICT
+    node_id: Key
+    parent_id: Key | None = None
+    label: Text
+    content: Text | None = None
+    status: Status = "alive"
+    metadata: JsonObject = Field(default_factory=dict)
+
+
+class InsertNodes(BaseModel):
+    """Keyword arguments of ``insert_nodes``."""
+
+    model_config = STRICT
+    project_id: Key
+    nodes: list[NewNode] = Field(min_length=1)
+    version: Version | None = None
+
+
+NODES = Target(
+    name="nodes",
+    table="nodes",
+    order=20,
+    columns=(
+        ("project_id", "text"),
+        ("node_id", "text"),
+        ("parent_id", "text"),
+        ("label", "text"),
+        ("content", "text"),
+        ("status", "text"),
+        ("status_version", "int8"),
+        ("metadata", "text"),
+    ),
+    key=("project_id", "node_id"),
+    reports_missing=True,
+    invalidates=BRANCH_STATS,
+    sql="""
+        WITH RECURSIVE v AS (SELECT * FROM {rows}),
+        placed AS (
+            SELECT v.project_id, v.node_id FROM v
+            WHERE v.parent_id IS NULL OR EXISTS (
+                SELECT 1 FROM nodes n
+                WHERE n.project_id = v.project_id AND n.node_id = v.parent_id)
+          UNION
+            SELECT c.project_id, c.node_id
+            FROM v c JOIN placed p ON c.project_id = p.project_id AND c.parent_id = p.node_id
+        ),
+        inserted AS (
+            INSERT INTO nodes (project_id, node_id, parent_id, label, content, status,
+                               status_version, metadata)
+            SELECT v.project_id, v.node_id, v.parent_id, v.label, v.content, v.status,
+                   v.status_version, CAST(v.metadata AS jsonb)
+            FROM v JOIN placed USING (project_id, node_id)
+            ORDER BY v.project_id, v.node_id
+            ON CONFLICT (project_id, node_id) DO NOTHING
+        )
+        SELECT v.project_id, v.node_id FROM v
+        WHERE NOT EXISTS (
+            SELECT 1 FROM placed p WHERE p.project_id = v.project_id AND p.node_id = v.node_id)
+    """,
+)
+
+
+def _insert_rows(p: InsertNodes, version: int) -> list[Row]:
+    v = version if p.version is None else p.version
+    return [
+        (p.project_id, n.node_id, n.parent_id, n.label, n.content, n.status, v, to_json(n.metadata))
+        for n in p.nodes
+    ]
+
+
+insert_nodes = WriteKind("insert_nodes", InsertNodes, NODES, _insert_rows)
+
+# Positions of (value, version) pairs in a NODE_UPDATES row.
+_FIELDS = ((2, 3), (4, 5), (6, 7))
+
+
+def _merge_fields(old: Row, new: Row) -> Row:
+    merged = list(old)
+    for value, ver in _FIELDS:
+        if new[ver] is not None and (old[ver] is None or new[ver] > old[ver]):
+            merged[value], merged[ver] = new[value], new[ver]
+    return tuple(merged)
+
+
+NODE_UPDATES = Target(
+    name="node_updates",
+    table="nodes",
+    order=30,
+    columns=(
+        ("project_id", "text"),
+        ("node_id", "text"),
+        ("rubric_score", "float8"),
+        ("rubric_version", "int8"),
+        ("ucb_score", "float8"),
+        ("ucb_version", "int8"),
+        ("status", "text"),
+        ("status_version", "int8"),
+    ),
+    key=("project_id", "node_id"),
+    merge=_merge_fields,
+    reports_missing=True,
+    invalidates=BRANCH_STATS,
+    sql="""
+        WITH v AS (SELECT * FROM {rows}),
+        updated AS (
+            UPDATE nodes AS n SET
+                rubric_score = CASE WHEN v.rubric_version > n.rubric_score_version
+                                    THEN v.rubric_score ELSE n.rubric_score END,
+                rubric_score_version = GREATEST(n.rubric_score_version, v.rubric_version),
+                ucb_score = CASE WHEN v.ucb_version > n.ucb_score_version
+                                 THEN v.ucb_score ELSE n.ucb_score END,
+                ucb_score_version = GREATEST(n.ucb_score_version, v.ucb_version),
+                status = CASE WHEN v.status_version > n.status_version
+                              THEN v.status ELSE n.status END,
+                status_version = GREATEST(n.status_version, v.status_version),
+                updated_at = now()
+            FROM v
+            WHERE n.project_id = v.project_id AND n.node_id = v.node_id
+              AND (v.rubric_version > n.rubric_score_version
+                   OR v.ucb_version > n.ucb_score_version
+                   OR v.status_version > n.status_version)
+        )
+        SELECT v.project_id, v.node_id FROM v
+        WHERE NOT EXISTS (
+            SELECT 1 FROM nodes n WHERE n.project_id = v.project_id AND n.node_id = v.node_id)
+    """,
+)
+
+
+class ScoreUpdate(BaseModel):
+    """New scores of one node; a score left out keeps its stored value."""
+
+    model_config = STRICT
+    node_id: Key
+    rubric_score: FiniteFloat | None = None
+    ucb_score: FiniteFloat | None = None
+    version: Version | None = None
+
+    @model_validator(mode="after")
+    def _some_score(self) -> ScoreUpdate:
+        if self.rubric_score is None and self.ucb_score is None:
+            raise ValueError("a score update needs rubric_score, ucb_score or both")
+        return self
+
+
+class UpdateScores(BaseModel):
+    """Keyword arguments of ``update_scores``."""
+
+    model_config = STRICT
+    project_id: Key
+    scores: list[ScoreUpdate] = Field(min_length=1)
+
+
+def _score_rows(p: UpdateScores, version: int) -> list[Row]:
+    rows: list[Row] = []
+    for s in p.scores:
+        v = version if s.version is None else s.version
+        rubric_v = None if s.rubric_score is None else v
+        ucb_v = None if s.ucb_score is None else v
+        rows.append((p.project_id, s.node_id, s.rubric_score, rubric_v, s.ucb_score, ucb_v, None, None))
+    return rows
+
+
+update_scores = WriteKind("update_scores", UpdateScores, NODE_UPDATES, _score_rows)
+
+
+class StatusUpdate(BaseModel):
+    """New status of one node."""
+
+    model_config = STRICT
+    node_id: Key
+    status: Status
+    version: Version | None = None
+
+
+class UpdateStatuses(BaseModel):
+    """Keyword arguments of ``update_statuses``."""
+
+    model_config = STRICT
+    project_id: Key
+    statuses: list[StatusUpdate] = Field(min_length=1)
+
+
+def _status_rows(p: UpdateStatuses, version: int) -> list[Row]:
+    return [
+        (p.project_id, s.node_id, None, None, None, None, s.status,
+         version if s.version is None else s.version)
+        for s in p.statuses
+    ]
+
+
+update_statuses = WriteKind("update_statuses", UpdateStatuses, NODE_UPDATES, _status_rows)

@@ -1,0 +1,86 @@
+"""``save_principle_scores``: a node's score on each principle of a rubric version.
+
+Insert-if-absent by (node, principle, rubric version): a score for a rubric version never
+changes, which keeps the read-side cache coherent without invalidation. The principle's real id
+is looked up by name; a score whose node or principle does not exist yet is reported back and
+its job retried later.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, FiniteFloat
+
+from pipeline.kinds.base import Row, Target, WriteKind
+from pipeline.kinds.fields import STRICT, Key
+
+
+class PrincipleScoreItem(BaseModel):
+    """One node's score on one principle."""
+
+    model_config = STRICT
+    node_id: Key
+    rubric_id: Key
+    rubric_version: int = Field(ge=0, le=2**31 - 1)
+    principle: Key
+    score: FiniteFloat
+
+
+class SavePrincipleScores(BaseModel):
+    """Keyword arguments of ``save_principle_scores``."""
+
+    model_config = STRICT
+    project_id: Key
+    scores: list[PrincipleScoreItem] = Field(min_length=1)
+
+
+PRINCIPLE_SCORES = Target(
+    name="principle_scores",
+    table="principle_scores",
+    order=40,
+    columns=(
+        ("project_id", "text"),
+        ("node_id", "text"),
+        ("rubric_id", "text"),
+        ("rubric_version", "int4"),
+        ("principle", "text"),
+        ("score", "float8"),
+    ),
+    key=("project_id", "node_id", "rubric_id", "rubric_version", "principle"),
+    reports_missing=True,
+    sql="""
+        WITH v AS (SELECT * FROM {rows}),
+        resolved AS (
+            SELECT v.*, p.principle_id FROM v
+            JOIN rubric_principles p
+              ON p.project_id = v.project_id AND p.rubric_id = v.rubric_id
+             AND p.rubric_version = v.rubric_version AND p.name = v.principle
+            WHERE EXISTS (SELECT 1 FROM nodes n
+                          WHERE n.project_id = v.project_id AND n.node_id = v.node_id)
+        ),
+        inserted AS (
+            INSERT INTO principle_scores
+                (project_id, node_id, principle_id, rubric_id, rubric_version, score)
+            SELECT project_id, node_id, principle_id, rubric_id, rubric_version, score
+            FROM resolved ORDER BY project_id, node_id, principle_id
+            ON CONFLICT (project_id, node_id, principle_id) DO NOTHING
+        )
+        SELECT v.project_id, v.node_id, v.rubric_id, v.rubric_version, v.principle FROM v
+        WHERE NOT EXISTS (
+            SELECT 1 FROM resolved r
+            WHERE r.project_id = v.project_id AND r.node_id = v.node_id
+              AND r.rubric_id = v.rubric_id AND r.rubric_version = v.rubric_version
+              AND r.principle = v.principle)
+    """,
+)
+
+
+def _rows(p: SavePrincipleScores, version: int) -> list[Row]:
+    return [
+        (p.project_id, s.node_id, s.rubric_id, s.rubric_version, s.principle, s.score)
+        for s in p.scores
+    ]
+
+
+save_principle_scores = WriteKind(
+    "save_principle_scores", SavePrincipleScores, PRINCIPLE_SCORES, _rows
+)

@@ -1,0 +1,67 @@
+"""Fixtures for tests that run a real arq worker (burst mode) against real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from arq.connections import ArqRedis
+from arq.worker import Worker
+
+from pipeline import create_pool
+from pipeline.settings import Settings
+from pipeline.worker import worker_options
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str) -> Settings:
+    """Settings pointing at this test's database and Redis, with short retry delays."""
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        queue_name=f"pipeline:test:{uuid.uuid4().hex[:8]}",
+        max_tries=4,
+        reference_retry_delay_s=0.01,
+        transient_backoff_s=0.01,
+        poll_delay_s=0.005,
+    )
+
+
+@pytest.fixture
+async def producer(settings: Settings) -> AsyncIterator[ArqRedis]:
+    """A producer's pool, made by ``pipeline.create_pool``."""
+    pool = await create_pool(settings=settings)
+    yield pool
+    await pool.aclose()
+
+
+@pytest.fixture
+async def make_worker(settings: Settings) -> AsyncIterator[Callable[..., Worker]]:
+    """Build burst-mode arq workers with the pipeline's options; closed after the test."""
+    workers: list[Worker] = []
+
+    def make(**overrides: Any) -> Worker:
+        options = worker_options(settings)
+        options["ctx"] = {"settings": settings, "configure_logging": False}
+        options.update(burst=True, handle_signals=False, **overrides)
+        worker = Worker(**options)
+        workers.append(worker)
+        return worker
+
+    yield make
+    for worker in workers:
+        await worker.close()
+
+
+@pytest.fixture
+async def run_worker(make_worker: Callable[..., Worker]) -> Callable[..., Any]:
+    """Drain the queue with one burst worker and return it (for its counters)."""
+
+    async def run(**overrides: Any) -> Worker:
+        worker = make_worker(**overrides)
+        await worker.main()
+        return worker
+
+    return run
