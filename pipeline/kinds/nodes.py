@@ -63,6 +63,12 @@ class NewNode(BaseModel):
     status: Status = "alive"
     metadata: JsonObject = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _not_own_parent(self) -> NewNode:
+        if self.parent_id == self.node_id:
+            raise ValueError("a node cannot be its own parent")
+        return self
+
 
 class InsertNodes(BaseModel):
     """Keyword arguments of ``insert_nodes``."""
@@ -118,7 +124,9 @@ NODES = Target(
 
 
 def _insert_rows(p: InsertNodes, version: int) -> list[Row]:
-    v = version if p.version is None else p.version
+    # The status a node is born with is the base any status update overrides, so it carries
+    # version 0 unless the producer versions it explicitly.
+    v = 0 if p.version is None else p.version
     return [
         (p.project_id, n.node_id, n.parent_id, n.label, n.content, n.status, v, to_json(n.metadata))
         for n in p.nodes

@@ -45,7 +45,7 @@ async def make_worker(settings: Settings) -> AsyncIterator[Callable[..., Worker]
     def make(**overrides: Any) -> Worker:
         options = worker_options(settings)
         options["ctx"] = {"settings": settings, "configure_logging": False}
-        options.update(burst=True, handle_signals=False, **overrides)
+        options.update({"burst": True, "handle_signals": False, **overrides})
         worker = Worker(**options)
         workers.append(worker)
         return worker

@@ -1,0 +1,35 @@
+"""Small helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arq.connections import ArqRedis
+from arq.jobs import Job
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+
+async def seed_tree(producer: ArqRedis, project: str, node_ids: list[str]) -> None:
+    """Enqueue a project and a flat tree: one root with ``node_ids`` as children."""
+    await producer.enqueue_job("upsert_project", project_id=project, name=project)
+    nodes = [{"node_id": "root", "label": "root"}]
+    nodes += [{"node_id": n, "parent_id": "root", "label": n} for n in node_ids]
+    await producer.enqueue_job("insert_nodes", project_id=project, nodes=nodes)
+
+
+async def rows(engine: AsyncEngine, sql: str, **params: Any) -> list[Any]:
+    """All rows of a query."""
+    async with engine.connect() as conn:
+        return list((await conn.execute(text(sql), params)).all())
+
+
+async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
+    """The single value of a query."""
+    async with engine.connect() as conn:
+        return (await conn.execute(text(sql), params)).scalar_one()
+
+
+async def results(jobs: list[Job]) -> list[Any]:
+    """The results of finished jobs (raises the first failure)."""
+    return [await job.result(timeout=5) for job in jobs]

@@ -1,0 +1,68 @@
+"""Merging and sorting rows of a target, and the payload models' validation."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.kinds import BY_NAME
+from pipeline.kinds.nodes import NODE_UPDATES, NODES
+from pipeline.kinds.projects import PROJECTS
+
+
+def test_last_write_wins_keeps_the_highest_version_per_key_and_sorts() -> None:
+    rows = [
+        ("b", "B2", "{}", 2),
+        ("a", "A1", "{}", 1),
+        ("b", "B5", "{}", 5),
+        ("b", "B3", "{}", 3),
+    ]
+    assert PROJECTS.prepare(rows) == [("a", "A1", "{}", 1), ("b", "B5", "{}", 5)]
+
+
+def test_insert_if_absent_keeps_the_first_row_of_a_key() -> None:
+    first = ("p", "n", None, "first", None, "alive", 1, "{}")
+    later = ("p", "n", None, "later", None, "alive", 9, "{}")
+    assert NODES.prepare([first, later]) == [first]
+
+
+def test_node_updates_merge_each_field_by_its_own_version() -> None:
+    rubric_v2 = ("p", "n", 0.2, 2, None, None, None, None)
+    ucb_v1 = ("p", "n", None, None, 9.0, 1, None, None)
+    rubric_v1 = ("p", "n", 0.1, 1, None, None, None, None)
+    status_v3 = ("p", "n", None, None, None, None, "pruned", 3)
+    merged = NODE_UPDATES.prepare([rubric_v2, ucb_v1, rubric_v1, status_v3])
+    assert merged == [("p", "n", 0.2, 2, 9.0, 1, "pruned", 3)]
+
+
+def test_score_rows_carry_a_version_only_for_the_scores_given() -> None:
+    kind = BY_NAME["update_scores"]
+    payload = kind.validate({"project_id": "p", "scores": [{"node_id": "n", "ucb_score": 1.5}]})
+    assert kind.rows(payload, 77) == [("p", "n", None, None, 1.5, 77, None, None)]
+
+
+@pytest.mark.parametrize(
+    ("function", "payload", "message"),
+    [
+        ("update_scores", {"project_id": "p", "scores": []}, "at least 1 item"),
+        ("update_scores", {"project_id": "p", "scores": [{"node_id": "n"}]}, "needs rubric_score"),
+        (
+            "update_scores",
+            {"project_id": "p", "scores": [{"node_id": "n", "rubric_score": float("nan")}]},
+            "finite number",
+        ),
+        ("update_statuses", {"project_id": "p", "statuses": [{"node_id": "n", "status": "x"}]}, "'alive'"),
+        ("insert_nodes", {"project_id": "p\x00", "nodes": [{"node_id": "n", "label": "l"}]}, "NUL"),
+        ("insert_nodes", {"project_id": "p", "nodes": [{"node_id": "n"}]}, "label"),
+        ("upsert_project", {"project_id": "p", "name": "n", "extra": 1}, "Extra inputs"),
+        ("save_rubric", {"project_id": "p", "rubric_id": "r", "version": 1,
+                         "principles": [{"name": "a"}, {"name": "a"}]}, "unique"),
+        ("save_labeled_samples", {"project_id": "p", "samples": [
+            {"sample_id": "not-a-uuid", "node_id": "n", "label": "x"}]}, "UUID"),
+    ],
+)
+def test_invalid_payloads_are_rejected_with_a_clear_message(
+    function: str, payload: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        BY_NAME[function].validate(payload)
