@@ -83,7 +83,11 @@ class JobRunner:
         return rows
 
     def _delay(self, error: PipelineError, job_try: int) -> float:
-        first = self.settings.reference_retry_delay_s if isinstance(error, MissingReference) else 1.0
+        first = (
+            self.settings.reference_retry_delay_s
+            if isinstance(error, MissingReference)
+            else self.settings.transient_retry_delay_s
+        )
         return min(first * 2 ** (job_try - 1), 60.0)
 
     async def _dead_letter(

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     reference_retry_delay_s: float = Field(
         default=0.5, ge=0, description="First delay before rerunning a job whose parent is missing."
     )
+    transient_retry_delay_s: float = Field(
+        default=1.0, ge=0, description="First delay before rerunning a job after a database outage."
+    )
     transient_retries: int = Field(
         default=4, ge=0, description="In-process retries of a batch on a transient database error."
     )

@@ -24,6 +24,7 @@ def settings(database_url: str, redis_url: str) -> Settings:
         queue_name=f"pipeline:test:{uuid.uuid4().hex[:8]}",
         max_tries=4,
         reference_retry_delay_s=0.01,
+        transient_retry_delay_s=0.02,
         transient_backoff_s=0.01,
         poll_delay_s=0.005,
     )
