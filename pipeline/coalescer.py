@@ -28,6 +28,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
     wait_random_exponential,
@@ -85,6 +86,7 @@ class Coalescer:
             retry=retry_if_exception_type(TransientError),
             stop=stop_after_attempt(transient_retries + 1),
             wait=wait_random_exponential(multiplier=backoff_s, max=max(backoff_s * 20, 1.0)),
+            before_sleep=_log_retry,
             reraise=True,
         )
         self._pending: deque[Submission] = deque()
@@ -218,6 +220,11 @@ class Coalescer:
         except Exception as exc:
             raise classify(exc) from exc
         return uuid.uuid4().hex, missing
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    log.warning("batch retry", attempt=state.attempt_number, error=str(error))
 
 
 def _unresolved(sub: Submission, missing: dict[Target, set[Row]]) -> list[Row]:

@@ -1,0 +1,98 @@
+"""Fixtures that start real worker processes (``arq pipeline.WorkerSettings``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from arq.connections import ArqRedis
+
+from pipeline import create_pool
+from pipeline.settings import Settings
+
+ARQ = str(Path(sys.executable).with_name("arq"))
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str) -> Settings:
+    """Settings shared by the test's producer and its worker processes."""
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        queue_name=f"pipeline:e2e:{uuid.uuid4().hex[:8]}",
+        reference_retry_delay_s=0.05,
+        transient_retry_delay_s=0.1,
+    )
+
+
+@pytest.fixture
+async def producer(settings: Settings) -> AsyncIterator[ArqRedis]:
+    """A producer's pool, made by ``pipeline.create_pool``."""
+    pool = await create_pool(settings=settings)
+    yield pool
+    await pool.aclose()
+
+
+class WorkerProcess:
+    """One ``arq pipeline.WorkerSettings`` process, its output kept in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter's arq
+            [ARQ, "pipeline.WorkerSettings"], env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
+        """Send ``sig`` and wait for the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        self._log.close()
+        return code
+
+    def output(self) -> str:
+        """Everything the process printed so far."""
+        return self.log_path.read_text()
+
+
+@pytest.fixture
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], WorkerProcess]]:
+    """Start worker processes configured like ``settings``; all are killed after the test."""
+    env = {
+        **os.environ,
+        "PIPELINE_DATABASE_URL": str(settings.database_url),
+        "PIPELINE_REDIS_URL": str(settings.redis_url),
+        "PIPELINE_QUEUE_NAME": settings.queue_name,
+        "PIPELINE_REFERENCE_RETRY_DELAY_S": str(settings.reference_retry_delay_s),
+        "PIPELINE_TRANSIENT_RETRY_DELAY_S": str(settings.transient_retry_delay_s),
+        "PIPELINE_LOG_FORMAT": "json",
+    }
+    started: list[WorkerProcess] = []
+
+    def start() -> WorkerProcess:
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait(timeout=10)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until it holds or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
