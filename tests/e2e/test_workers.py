@@ -4,6 +4,7 @@ its highest version; SIGTERM exits cleanly."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import random
 import signal
@@ -14,11 +15,13 @@ from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pipeline.settings import Settings
 from tests.e2e.conftest import WorkerProcess
 from tests.integration.helpers import rows, scalar
 
 pytestmark = pytest.mark.e2e
-NODES = [f"n{i:03d}" for i in range(150)]
+NODES = [f"n{i:04d}" for i in range(3000)]
+HOT = NODES[::60]  # 50 keys that every worker keeps touching
 
 
 async def deadlocks(engine: AsyncEngine) -> int:
@@ -34,8 +37,19 @@ async def deadlocks(engine: AsyncEngine) -> int:
         )
 
 
+async def drained(redis: ArqRedis, queue: str, timeout: float) -> None:
+    """Wait until the queue is empty and no job is in progress (without polling every job)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await redis.zcard(queue) or await redis.keys("arq:in-progress:*"):
+        assert asyncio.get_running_loop().time() < deadline, "the queue did not drain in time"
+        await asyncio.sleep(0.2)
+
+
 async def test_three_workers_on_overlapping_keys(
-    producer: ArqRedis, start_worker: Callable[[], WorkerProcess], engine: AsyncEngine
+    producer: ArqRedis,
+    start_worker: Callable[[], WorkerProcess],
+    engine: AsyncEngine,
+    settings: Settings,
 ) -> None:
     rng = random.Random(2026)
     workers = [start_worker() for _ in range(3)]
@@ -52,10 +66,10 @@ async def test_three_workers_on_overlapping_keys(
         if version > expected[node].get(field, (-1, None))[0]:
             expected[node][field] = (version, value)
 
-    jobs = []
-    versions = rng.sample(range(1, 10_000_000), 4 * 2000 * 3)
-    for j in range(2000):
-        picked = rng.sample(NODES, rng.randint(1, 4))
+    payloads: list[tuple[str, dict[str, object]]] = []
+    versions = rng.sample(range(1, 10_000_000), 25 * 2000 * 2)
+    for _ in range(2000):
+        picked = rng.sample(HOT, rng.randint(1, 25))
         scores, statuses = [], []
         for n in picked:
             v, w = versions.pop(), versions.pop()
@@ -65,12 +79,19 @@ async def test_three_workers_on_overlapping_keys(
             status = rng.choice(["alive", "expanded", "pruned"])
             statuses.append({"node_id": n, "status": status, "version": w})
             remember(n, "status", w, status)
-        # The same keys in different orders, from concurrent jobs on different workers.
-        jobs.append(await producer.enqueue_job("update_scores", project_id="p", scores=scores))
-        jobs.append(
-            await producer.enqueue_job("update_statuses", project_id="p", statuses=statuses[::-1])
-        )
-    receipts = await asyncio.gather(*(job.result(timeout=120) for job in jobs))
+        # The same keys in other orders, in concurrent jobs that land on different workers.
+        payloads.append(("update_scores", {"scores": scores}))
+        payloads.append(("update_statuses", {"statuses": rng.sample(statuses, len(statuses))}))
+
+    # Every update becomes due at one moment, so the three workers drain a full queue at once,
+    # with large batches that overlap in time.
+    due = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=3)
+    jobs = [
+        await producer.enqueue_job(function, project_id="p", _defer_until=due, **payload)
+        for function, payload in payloads
+    ]
+    await drained(producer, settings.queue_name, timeout=90)
+    receipts = [await job.result(timeout=5) for job in jobs]
 
     assert len(receipts) == 4000
     assert len({r["batch_id"] for r in receipts}) < 4000
