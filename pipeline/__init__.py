@@ -15,7 +15,14 @@ from pipeline.errors import JobFailed, PipelineError
 if TYPE_CHECKING:
     from pipeline.worker import WorkerSettings
 
-__all__ = ["JobFailed", "PipelineClient", "PipelineError", "Receipt", "WorkerSettings", "create_pool"]
+__all__ = [
+    "JobFailed",
+    "PipelineClient",
+    "PipelineError",
+    "Receipt",
+    "WorkerSettings",
+    "create_pool",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -30,7 +30,9 @@ class Receipt(BaseModel):
     committed_at: dt.datetime
 
 
-async def create_pool(redis_url: str | None = None, *, settings: Settings | None = None) -> ArqRedis:
+async def create_pool(
+    redis_url: str | None = None, *, settings: Settings | None = None
+) -> ArqRedis:
     """An ``ArqRedis`` using msgpack and the pipeline's queue, ready for ``enqueue_job``."""
     settings = settings or get_settings()
     return await arq_create_pool(
@@ -66,16 +68,20 @@ class PipelineClient:
         try:
             model: BaseModel = kind.validate(payload)
         except ValidationError as exc:
-            from pipeline.jobs import describe  # noqa: PLC0415 - keeps import time small
+            from pipeline.jobs import describe
 
             raise InvalidPayload(f"{function}: {describe(exc)}") from None
-        job = await self.redis.enqueue_job(function, **model.model_dump(mode="json", exclude_unset=True))
+        job = await self.redis.enqueue_job(
+            function, **model.model_dump(mode="json", exclude_unset=True)
+        )
         if job is None:  # only happens with a caller-chosen job id, which this client never sets
             raise InvalidPayload(f"{function}: job was not enqueued")
         return job
 
-    async def write(self, function: str, /, timeout: float | None = None, **payload: Any) -> Receipt:
-        """Enqueue and wait until committed; raises :class:`pipeline.errors.JobFailed` on failure."""
+    async def write(
+        self, function: str, /, timeout: float | None = None, **payload: Any
+    ) -> Receipt:
+        """Enqueue and wait until committed; a failed job raises :class:`pipeline.JobFailed`."""
         job = await self.enqueue(function, **payload)
         result = await job.result(timeout=timeout, poll_delay=0.01)
         return Receipt.model_validate(result)

@@ -205,7 +205,9 @@ class Coalescer:
                 return await self._transaction(plan)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    async def _transaction(self, plan: list[tuple[Target, list[Row]]]) -> tuple[str, dict[Target, set[Row]]]:
+    async def _transaction(
+        self, plan: list[tuple[Target, list[Row]]]
+    ) -> tuple[str, dict[Target, set[Row]]]:
         """One transaction: every target's statement, then the invalidations they call for."""
         missing: dict[Target, set[Row]] = {}
         touched: dict[Invalidation, list[Row]] = defaultdict(list)

@@ -3,11 +3,11 @@ arq should do with the job (complete it, retry it later, or fail it and keep a d
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 from arq import Retry
+from arq.typing import WorkerCoroutine
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,7 +25,6 @@ from pipeline.kinds.base import Row, WriteKind
 from pipeline.settings import Settings
 
 log = structlog.get_logger("pipeline.jobs")
-JobFunction = Callable[..., Awaitable[Receipt]]
 
 
 def describe(error: ValidationError, limit: int = 8) -> str:
@@ -47,7 +46,11 @@ class JobRunner:
         self.coalescer = coalescer
 
     async def run(
-        self, kind: WriteKind[Any], ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        kind: WriteKind[Any],
+        ctx: dict[str, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> Receipt:
         """Validate, write and settle one job."""
         try:
@@ -67,10 +70,16 @@ class JobRunner:
             raise
 
     def _rows(
-        self, kind: WriteKind[Any], ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        kind: WriteKind[Any],
+        ctx: dict[str, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> list[Row]:
         if args:
-            raise InvalidPayload(f"{kind.name} takes keyword arguments only, got {len(args)} positional")
+            raise InvalidPayload(
+                f"{kind.name} takes keyword arguments only, got {len(args)} positional"
+            )
         try:
             payload = kind.validate(kwargs)
         except ValidationError as exc:
@@ -83,15 +92,20 @@ class JobRunner:
         return rows
 
     def _delay(self, error: PipelineError, job_try: int) -> float:
+        """Seconds before arq runs the job again, doubling from the failure's first delay."""
         first = (
             self.settings.reference_retry_delay_s
             if isinstance(error, MissingReference)
             else self.settings.transient_retry_delay_s
         )
-        return min(first * 2 ** (job_try - 1), 60.0)
+        return min(first * 2.0 ** (int(job_try) - 1), 60.0)
 
     async def _dead_letter(
-        self, kind: WriteKind[Any], ctx: dict[str, Any], kwargs: dict[str, Any], error: PipelineError
+        self,
+        kind: WriteKind[Any],
+        ctx: dict[str, Any],
+        kwargs: dict[str, Any],
+        error: PipelineError,
     ) -> None:
         log.warning(
             "job dead-lettered",
@@ -115,7 +129,7 @@ class JobRunner:
             raise Retry(defer=self._delay(TransientError(), ctx["job_try"])) from exc
 
 
-def job_function(kind: WriteKind[Any]) -> JobFunction:
+def job_function(kind: WriteKind[Any]) -> WorkerCoroutine:
     """The arq coroutine of a write kind, named after it."""
 
     async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Receipt:

@@ -66,8 +66,7 @@ def functions(settings: Settings) -> list[Function]:
     dead-letters a job itself on its last try, so arq's limit sits a little above that.
     """
     return [
-        func(job_function(kind), name=kind.name, max_tries=settings.max_tries + 2)
-        for kind in KINDS
+        func(job_function(kind), name=kind.name, max_tries=settings.max_tries + 2) for kind in KINDS
     ]
 
 
@@ -96,7 +95,7 @@ WorkerSettings = type(
     "WorkerSettings",
     (),
     {
-        "__doc__": "What ``arq pipeline.WorkerSettings`` runs, configured from PIPELINE_* variables.",
+        "__doc__": "What ``arq pipeline.WorkerSettings`` runs, configured by PIPELINE_* variables.",
         "__module__": __name__,
         **worker_options(get_settings()),
     },

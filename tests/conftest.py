@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-ADMIN_URL = os.environ.get("PIPELINE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+from pipeline.migrate import downgrade, upgrade
+
+ADMIN_URL = os.environ.get(
+    "PIPELINE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_URL = os.environ.get("PIPELINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 HOW_TO_START = (
     "start them with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start; "
@@ -45,10 +47,10 @@ async def _admin(sql: str) -> None:
 
 def migrate(url: str, revision: str = "head", *, down: bool = False) -> None:
     """Run Alembic against ``url`` the way ``pipeline migrate`` does."""
-    config = Config(os.path.join(os.path.dirname(__file__), "..", "alembic.ini"))
-    config.attributes["url"] = url
-    config.attributes["configure_logger"] = False
-    (command.downgrade if down else command.upgrade)(config, revision)
+    if down:
+        downgrade(url, revision, configure_logging=False)
+    else:
+        upgrade(url, revision, create=False, configure_logging=False)
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +71,10 @@ async def database_url(template_db: str) -> AsyncIterator[str]:
     name = f"pipeline_test_{uuid.uuid4().hex[:12]}"
     await _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     try:
-        yield make_url(_db_url(name)).set(drivername="postgresql+asyncpg").render_as_string(
-            hide_password=False
+        yield (
+            make_url(_db_url(name))
+            .set(drivername="postgresql+asyncpg")
+            .render_as_string(hide_password=False)
         )
     finally:
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

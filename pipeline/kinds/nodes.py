@@ -24,10 +24,11 @@ BRANCH_STATS = Invalidation(
     name="branch_stats",
     columns=("project_id", "node_id"),
     statements=(
+        # The lock key is a constant SQL expression; no input is formatted in.
         f"""
         SELECT pg_advisory_xact_lock_shared({branch_stats_lock_key("p")})
         FROM (SELECT DISTINCT p FROM unnest(CAST(:project_id AS text[])) AS p ORDER BY p) AS s
-        """,
+        """,  # noqa: S608
         """
         WITH RECURSIVE touched AS (
             SELECT n.project_id, n.node_id, n.parent_id
@@ -222,7 +223,9 @@ def _score_rows(p: UpdateScores, version: int) -> list[Row]:
         v = version if s.version is None else s.version
         rubric_v = None if s.rubric_score is None else v
         ucb_v = None if s.ucb_score is None else v
-        rows.append((p.project_id, s.node_id, s.rubric_score, rubric_v, s.ucb_score, ucb_v, None, None))
+        rows.append(
+            (p.project_id, s.node_id, s.rubric_score, rubric_v, s.ucb_score, ucb_v, None, None)
+        )
     return rows
 
 
@@ -248,8 +251,16 @@ class UpdateStatuses(BaseModel):
 
 def _status_rows(p: UpdateStatuses, version: int) -> list[Row]:
     return [
-        (p.project_id, s.node_id, None, None, None, None, s.status,
-         version if s.version is None else s.version)
+        (
+            p.project_id,
+            s.node_id,
+            None,
+            None,
+            None,
+            None,
+            s.status,
+            version if s.version is None else s.version,
+        )
         for s in p.statuses
     ]
 

@@ -46,7 +46,7 @@ class WorkerProcess:
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter's arq
+        self.proc = subprocess.Popen(
             [ARQ, "pipeline.WorkerSettings"], env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
 

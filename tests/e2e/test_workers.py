@@ -31,7 +31,9 @@ async def deadlocks(engine: AsyncEngine) -> int:
         return int(
             (
                 await conn.execute(
-                    text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+                    text(
+                        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+                    )
                 )
             ).scalar_one()
         )
@@ -73,7 +75,9 @@ async def test_three_workers_on_overlapping_keys(
         scores, statuses = [], []
         for n in picked:
             v, w = versions.pop(), versions.pop()
-            scores.append({"node_id": n, "rubric_score": v / 1e7, "ucb_score": float(v), "version": v})
+            scores.append(
+                {"node_id": n, "rubric_score": v / 1e7, "ucb_score": float(v), "version": v}
+            )
             remember(n, "rubric", v, v / 1e7)
             remember(n, "ucb", v, float(v))
             status = rng.choice(["alive", "expanded", "pruned"])
@@ -98,9 +102,7 @@ async def test_three_workers_on_overlapping_keys(
     codes = [w.stop(signal.SIGTERM) for w in workers]
     assert codes == [0, 0, 0], [w.output()[-2000:] for w in workers]
     assert await deadlocks(engine) == before
-    retries = [
-        line for w in workers for line in w.output().splitlines() if '"batch retry"' in line
-    ]
+    retries = [line for w in workers for line in w.output().splitlines() if '"batch retry"' in line]
     assert retries == []
     assert await scalar(engine, "SELECT count(*) FROM dead_letters") == 0
     state = await rows(

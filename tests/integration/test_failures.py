@@ -50,7 +50,9 @@ async def test_child_enqueued_before_its_parent_lands_once_the_parent_exists(
     assert worker.jobs_failed == 0 and worker.jobs_retried >= 2
     assert (await child.result(timeout=5))["rows"] == 1
     assert (await score.result(timeout=5))["rows"] == 1
-    assert await rows(engine, "SELECT node_id, parent_id, rubric_score FROM nodes ORDER BY node_id") == [
+    assert await rows(
+        engine, "SELECT node_id, parent_id, rubric_score FROM nodes ORDER BY node_id"
+    ) == [
         ("b", "root", 0.5),
         ("c", "b", None),
         ("root", None, None),
@@ -94,7 +96,9 @@ async def test_invalid_payload_fails_alone_with_a_clear_message(
     await seed_tree(producer, "p", [f"n{i}" for i in range(20)])
     await run_worker()
     good = [
-        await producer.enqueue_job("update_scores", project_id="p", scores=[{"node_id": f"n{i}", "ucb_score": i}])
+        await producer.enqueue_job(
+            "update_scores", project_id="p", scores=[{"node_id": f"n{i}", "ucb_score": i}]
+        )
         for i in range(20)
     ]
     bad = await producer.enqueue_job(
@@ -107,11 +111,17 @@ async def test_invalid_payload_fails_alone_with_a_clear_message(
     assert await scalar(engine, "SELECT count(*) FROM nodes WHERE ucb_score IS NOT NULL") == 20
     failed = await failure(bad)
     assert failed.kind == "InvalidPayload"
-    assert failed.message == "update_scores: scores.0.ucb_score: Input should be a valid number, unable to parse string as a number"
+    assert failed.message == (
+        "update_scores: scores.0.ucb_score: "
+        "Input should be a valid number, unable to parse string as a number"
+    )
+    assert [(await job.result(timeout=5))["rows"] for job in good] == [1] * 20
     assert (await failure(positional)).message.endswith("keyword arguments only, got 1 positional")
     dead = await rows(engine, DEAD)
     assert [(d[0], d[1], d[3]) for d in dead] == [("update_scores", "InvalidPayload", 1)] * 2
-    assert {"project_id": "p", "scores": [{"node_id": "n1", "ucb_score": "high"}]} in [d[4] for d in dead]
+    assert {"project_id": "p", "scores": [{"node_id": "n1", "ucb_score": "high"}]} in [
+        d[4] for d in dead
+    ]
 
 
 async def test_a_data_error_sinks_only_its_own_job(
@@ -121,12 +131,16 @@ async def test_a_data_error_sinks_only_its_own_job(
     await run_worker()
     # A rule the database knows and the payload models do not.
     async with engine.begin() as conn:
-        await conn.execute(text("ALTER TABLE nodes ADD CONSTRAINT no_poison CHECK (label <> 'poison')"))
+        await conn.execute(
+            text("ALTER TABLE nodes ADD CONSTRAINT no_poison CHECK (label <> 'poison')")
+        )
     jobs = [
         await producer.enqueue_job(
             "insert_nodes",
             project_id="p",
-            nodes=[{"node_id": f"n{i}", "parent_id": "root", "label": "poison" if i == 13 else "ok"}],
+            nodes=[
+                {"node_id": f"n{i}", "parent_id": "root", "label": "poison" if i == 13 else "ok"}
+            ],
         )
         for i in range(40)
     ]
@@ -142,7 +156,9 @@ async def test_a_data_error_sinks_only_its_own_job(
     failed = await failure(jobs[13])
     assert failed.kind == "DataError" and "no_poison" in failed.message
     dead = await rows(engine, DEAD)
-    assert [(d[0], d[1], d[4]["nodes"][0]["node_id"]) for d in dead] == [("insert_nodes", "DataError", "n13")]
+    assert [(d[0], d[1], d[4]["nodes"][0]["node_id"]) for d in dead] == [
+        ("insert_nodes", "DataError", "n13")
+    ]
 
 
 async def inject_serialization_failures(engine: AsyncEngine, count: int) -> None:
@@ -163,7 +179,10 @@ async def inject_serialization_failures(engine: AsyncEngine, count: int) -> None
             )
         )
         await conn.execute(
-            text("CREATE TRIGGER chaos BEFORE INSERT ON nodes FOR EACH STATEMENT EXECUTE FUNCTION chaos()")
+            text(
+                "CREATE TRIGGER chaos BEFORE INSERT ON nodes "
+                "FOR EACH STATEMENT EXECUTE FUNCTION chaos()"
+            )
         )
 
 
@@ -180,7 +199,9 @@ async def test_transient_errors_retry_the_batch_then_the_jobs(
     await inject_serialization_failures(engine, failures)
     for i in range(30):
         await producer.enqueue_job(
-            "insert_nodes", project_id="p", nodes=[{"node_id": f"n{i}", "parent_id": "root", "label": "x"}]
+            "insert_nodes",
+            project_id="p",
+            nodes=[{"node_id": f"n{i}", "parent_id": "root", "label": "x"}],
         )
     worker = await run_worker()
     assert worker.jobs_complete == 30 and worker.jobs_failed == 0
@@ -202,7 +223,9 @@ async def test_a_database_that_never_recovers_ends_in_dead_letters(
     worker = await run_worker()
     assert worker.jobs_failed == 1 and worker.jobs_retried == settings.max_tries - 1
     assert (await failure(job)).kind == "TransientError"
-    assert [(d[1], d[3]) for d in await rows(engine, DEAD)] == [("TransientError", settings.max_tries)]
+    assert [(d[1], d[3]) for d in await rows(engine, DEAD)] == [
+        ("TransientError", settings.max_tries)
+    ]
 
 
 async def test_pickled_jobs_are_refused_and_the_worker_goes_on(
@@ -213,7 +236,9 @@ async def test_pickled_jobs_are_refused_and_the_worker_goes_on(
         RedisSettings.from_dsn(str(settings.redis_url)), default_queue_name=settings.queue_name
     )
     try:
-        evil = await pickling.enqueue_job("insert_nodes", project_id="p", nodes=[{"node_id": "x", "label": "x"}])
+        evil = await pickling.enqueue_job(
+            "insert_nodes", project_id="p", nodes=[{"node_id": "x", "label": "x"}]
+        )
         assert evil is not None
         raw = await pickling.get(f"arq:job:{evil.job_id}")
         assert pickle.loads(raw)["f"] == "insert_nodes"  # it really is a pickle
@@ -222,5 +247,12 @@ async def test_pickled_jobs_are_refused_and_the_worker_goes_on(
     worker = await run_worker()
     assert worker.jobs_failed == 1 and worker.jobs_complete == 2
     assert await rows(engine, "SELECT node_id FROM nodes") == [("root",)]
-    failed = await failure(Job(evil.job_id, producer, _queue_name=settings.queue_name, _deserializer=producer.job_deserializer))
+    failed = await failure(
+        Job(
+            evil.job_id,
+            producer,
+            _queue_name=settings.queue_name,
+            _deserializer=producer.job_deserializer,
+        )
+    )
     assert failed.kind == "DeserializationError"

@@ -28,7 +28,9 @@ async def client() -> AsyncIterator[PipelineClient]:
 
 
 async def test_valid_write_is_enqueued_as_msgpack(client: PipelineClient) -> None:
-    job = await client.enqueue("update_scores", project_id="p", scores=[{"node_id": "n", "ucb_score": 2.0}])
+    job = await client.enqueue(
+        "update_scores", project_id="p", scores=[{"node_id": "n", "ucb_score": 2.0}]
+    )
     raw = await client.redis.get(f"arq:job:{job.job_id}")
     data = msgpack.unpackb(raw)
     assert data["f"] == "update_scores"
@@ -38,7 +40,9 @@ async def test_valid_write_is_enqueued_as_msgpack(client: PipelineClient) -> Non
 
 async def test_invalid_write_is_refused_before_it_reaches_redis(client: PipelineClient) -> None:
     with pytest.raises(InvalidPayload, match=r"scores\.0\.status|Extra inputs"):
-        await client.enqueue("update_scores", project_id="p", scores=[{"node_id": "n", "status": "x"}])
+        await client.enqueue(
+            "update_scores", project_id="p", scores=[{"node_id": "n", "status": "x"}]
+        )
     with pytest.raises(InvalidPayload, match="unknown write kind"):
         await client.enqueue("drop_tables", project_id="p")
     assert await client.redis.zcard("pipeline:unit") == 0

@@ -51,14 +51,32 @@ def test_score_rows_carry_a_version_only_for_the_scores_given() -> None:
             {"project_id": "p", "scores": [{"node_id": "n", "rubric_score": float("nan")}]},
             "finite number",
         ),
-        ("update_statuses", {"project_id": "p", "statuses": [{"node_id": "n", "status": "x"}]}, "'alive'"),
+        (
+            "update_statuses",
+            {"project_id": "p", "statuses": [{"node_id": "n", "status": "x"}]},
+            "'alive'",
+        ),
         ("insert_nodes", {"project_id": "p\x00", "nodes": [{"node_id": "n", "label": "l"}]}, "NUL"),
         ("insert_nodes", {"project_id": "p", "nodes": [{"node_id": "n"}]}, "label"),
         ("upsert_project", {"project_id": "p", "name": "n", "extra": 1}, "Extra inputs"),
-        ("save_rubric", {"project_id": "p", "rubric_id": "r", "version": 1,
-                         "principles": [{"name": "a"}, {"name": "a"}]}, "unique"),
-        ("save_labeled_samples", {"project_id": "p", "samples": [
-            {"sample_id": "not-a-uuid", "node_id": "n", "label": "x"}]}, "UUID"),
+        (
+            "save_rubric",
+            {
+                "project_id": "p",
+                "rubric_id": "r",
+                "version": 1,
+                "principles": [{"name": "a"}, {"name": "a"}],
+            },
+            "unique",
+        ),
+        (
+            "save_labeled_samples",
+            {
+                "project_id": "p",
+                "samples": [{"sample_id": "not-a-uuid", "node_id": "n", "label": "x"}],
+            },
+            "UUID",
+        ),
     ],
 )
 def test_invalid_payloads_are_rejected_with_a_clear_message(

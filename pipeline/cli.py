@@ -1,0 +1,76 @@
+"""The ``pipeline`` command: run the worker, migrate the schema, and try it all with a demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+
+from pipeline.settings import get_settings
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from pipeline.migrate import downgrade, upgrade
+
+    url = str(get_settings().database_url)
+    if args.down:
+        downgrade(url, args.revision)
+    else:
+        upgrade(url, args.revision, create=not args.no_create)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from arq.worker import run_worker
+
+    from pipeline.worker import WorkerSettings
+
+    run_worker(WorkerSettings, burst=args.burst)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run
+
+    return asyncio.run(run(nodes=args.nodes, workers=args.workers))
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line, one sub-command per job."""
+    root = argparse.ArgumentParser(
+        prog="pipeline",
+        description="The write path for many producers: arq jobs coalesced into batched "
+        "PostgreSQL upserts. Configure with PIPELINE_* environment variables.",
+    )
+    commands = root.add_subparsers(dest="command", required=True)
+
+    migrate = commands.add_parser(
+        "migrate", help="create the database if missing and apply migrations (alembic upgrade)"
+    )
+    migrate.add_argument("revision", nargs="?", default="head", help="target (default: head)")
+    migrate.add_argument("--down", action="store_true", help="downgrade to the revision instead")
+    migrate.add_argument("--no-create", action="store_true", help="never create the database")
+    migrate.set_defaults(run=_migrate)
+
+    worker = commands.add_parser(
+        "worker", help="run a worker (the same as: arq pipeline.WorkerSettings)"
+    )
+    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    worker.set_defaults(run=_worker)
+
+    demo = commands.add_parser(
+        "demo",
+        help="start workers and a producer that simulates a tree search, then read back the "
+        "best branch",
+    )
+    demo.add_argument("--nodes", type=int, default=3000, help="nodes to grow (default 3000)")
+    demo.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    demo.set_defaults(run=_demo)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pipeline`` console script."""
+    args = parser().parse_args(argv)
+    code: int = args.run(args)
+    return code

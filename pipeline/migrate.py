@@ -1,0 +1,55 @@
+"""Schema migrations: ``pipeline migrate`` runs Alembic's ``upgrade head`` (creating the database
+first if it does not exist yet, which is what a developer on a fresh machine wants)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import make_url
+
+from pipeline.db import async_url, redacted
+
+ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+
+
+def alembic_config(url: str, *, configure_logging: bool = True) -> Config:
+    """Alembic's configuration for the database at ``url``."""
+    config = Config(str(ALEMBIC_INI))
+    config.attributes["url"] = async_url(url).render_as_string(hide_password=False)
+    config.attributes["configure_logger"] = configure_logging
+    return config
+
+
+async def ensure_database(url: str) -> bool:
+    """Create the database named in ``url`` if it is missing; True if it was created."""
+    target = make_url(url)
+    name = target.database
+    if not name:
+        raise ValueError(f"no database named in {redacted(url)}")
+    admin = target.set(drivername="postgresql", database="postgres")
+    conn = await asyncpg.connect(admin.render_as_string(hide_password=False))  # type: ignore[no-untyped-call]
+    try:
+        if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            return False
+        await conn.execute(f'CREATE DATABASE "{name.replace(chr(34), "")}"')
+        return True
+    finally:
+        await conn.close()
+
+
+def upgrade(
+    url: str, revision: str = "head", *, create: bool = True, configure_logging: bool = True
+) -> None:
+    """Bring the database at ``url`` to ``revision``."""
+    if create and asyncio.run(ensure_database(url)):
+        print(f"created database {redacted(url)}")
+    command.upgrade(alembic_config(url, configure_logging=configure_logging), revision)
+
+
+def downgrade(url: str, revision: str, *, configure_logging: bool = True) -> None:
+    """Take the database at ``url`` down to ``revision`` (``base`` removes everything)."""
+    command.downgrade(alembic_config(url, configure_logging=configure_logging), revision)
