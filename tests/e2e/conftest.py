@@ -29,6 +29,7 @@ def settings(database_url: str, redis_url: str) -> Settings:
         queue_name=f"pipeline:e2e:{uuid.uuid4().hex[:8]}",
         reference_retry_delay_s=0.05,
         transient_retry_delay_s=0.1,
+        job_timeout_s=3,  # a killed worker's jobs run again after 3 + 10 s
     )
 
 
@@ -73,6 +74,7 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], Wo
         "PIPELINE_QUEUE_NAME": settings.queue_name,
         "PIPELINE_REFERENCE_RETRY_DELAY_S": str(settings.reference_retry_delay_s),
         "PIPELINE_TRANSIENT_RETRY_DELAY_S": str(settings.transient_retry_delay_s),
+        "PIPELINE_JOB_TIMEOUT_S": str(settings.job_timeout_s),
         "PIPELINE_LOG_FORMAT": "json",
     }
     started: list[WorkerProcess] = []
