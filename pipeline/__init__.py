@@ -1,20 +1,28 @@
 """pipeline: the write path producers hand their writes to.
 
 Producers use :func:`create_pool` (or :class:`PipelineClient`); ``arq pipeline.WorkerSettings``
-runs the worker. ``WorkerSettings`` is loaded lazily so that importing the producer side does not
-load the worker.
+runs the worker. Every name here is loaded on first use (PEP 562), so importing one part (the
+producer client, the read repository) never loads another (the worker, the write path).
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from pipeline.client import PipelineClient, Receipt, create_pool
-from pipeline.errors import JobFailed, PipelineError
-
 if TYPE_CHECKING:
+    from pipeline.client import PipelineClient, Receipt, create_pool
+    from pipeline.errors import JobFailed, PipelineError
     from pipeline.worker import WorkerSettings
 
+_EXPORTS = {
+    "create_pool": "pipeline.client",
+    "PipelineClient": "pipeline.client",
+    "Receipt": "pipeline.client",
+    "JobFailed": "pipeline.errors",
+    "PipelineError": "pipeline.errors",
+    "WorkerSettings": "pipeline.worker",
+}
 __all__ = [
     "JobFailed",
     "PipelineClient",
@@ -26,8 +34,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "WorkerSettings":
-        from pipeline.worker import WorkerSettings
-
-        return WorkerSettings
-    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    return getattr(import_module(module), name)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.jobs import Job
+from arq.constants import job_key_prefix
+from arq.jobs import Job, serialize_job
+from arq.utils import timestamp_ms
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -33,3 +35,19 @@ async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
 async def results(jobs: list[Job]) -> list[Any]:
     """The results of finished jobs (raises the first failure)."""
     return [await job.result(timeout=5) for job in jobs]
+
+
+async def redeliver(redis: ArqRedis, job: Job, queue: str) -> None:
+    """Queue a finished job again exactly as arq re-delivers it: same id, same enqueue time."""
+    info = await job.result_info()
+    assert info is not None
+    data = serialize_job(
+        info.function,
+        tuple(info.args),
+        info.kwargs,
+        None,
+        int(info.enqueue_time.timestamp() * 1000),
+        serializer=redis.job_serializer,
+    )
+    await redis.set(job_key_prefix + job.job_id, data)
+    await redis.zadd(queue, {job.job_id: timestamp_ms()})
