@@ -166,8 +166,17 @@ NODE_UPDATES = Target(
     merge=_merge_fields,
     reports_missing=True,
     invalidates=BRANCH_STATS,
+    # The rows are locked first, in key order, whatever plan the UPDATE gets: an UPDATE … FROM
+    # locks rows in its join's order, which is the array's order for a nested loop but the heap's
+    # for a hash join, and two workers on different plans would lock in opposite orders.
     sql="""
         WITH v AS (SELECT * FROM {rows}),
+        locked AS MATERIALIZED (
+            SELECT n.project_id, n.node_id FROM nodes n
+            JOIN v ON n.project_id = v.project_id AND n.node_id = v.node_id
+            ORDER BY n.project_id, n.node_id
+            FOR NO KEY UPDATE OF n
+        ),
         updated AS (
             UPDATE nodes AS n SET
                 rubric_score = CASE WHEN v.rubric_version > n.rubric_score_version
@@ -180,7 +189,7 @@ NODE_UPDATES = Target(
                               THEN v.status ELSE n.status END,
                 status_version = GREATEST(n.status_version, v.status_version),
                 updated_at = now()
-            FROM v
+            FROM v JOIN locked l ON l.project_id = v.project_id AND l.node_id = v.node_id
             WHERE n.project_id = v.project_id AND n.node_id = v.node_id
               AND (v.rubric_version > n.rubric_score_version
                    OR v.ucb_version > n.ucb_score_version
@@ -188,7 +197,7 @@ NODE_UPDATES = Target(
         )
         SELECT v.project_id, v.node_id FROM v
         WHERE NOT EXISTS (
-            SELECT 1 FROM nodes n WHERE n.project_id = v.project_id AND n.node_id = v.node_id)
+            SELECT 1 FROM locked l WHERE l.project_id = v.project_id AND l.node_id = v.node_id)
     """,
 )
 
