@@ -4,7 +4,8 @@ The write kinds and the read repositories both import tables from here; neither 
 """
 
 from pipeline.schema.base import Base
-from pipeline.schema.ops import DeadLetter
+from pipeline.schema.ops import AuditLog, DeadLetter
+from pipeline.schema.tasks import TRANSCRIPT_ROLES, Event, Transcript
 from pipeline.schema.taxonomy import (
     NODE_STATUSES,
     BranchStats,
@@ -15,19 +16,37 @@ from pipeline.schema.taxonomy import (
     Rubric,
     RubricPrinciple,
 )
+from pipeline.schema.verification import (
+    Claim,
+    ConsensusDecision,
+    ModelCheckpoint,
+    ServiceHealth,
+    TrainingData,
+    VerificationResult,
+)
 
 metadata = Base.metadata
 
 __all__ = [
     "NODE_STATUSES",
+    "TRANSCRIPT_ROLES",
+    "AuditLog",
     "Base",
     "BranchStats",
+    "Claim",
+    "ConsensusDecision",
     "DeadLetter",
+    "Event",
     "LabeledSample",
+    "ModelCheckpoint",
     "Node",
     "PrincipleScore",
     "Project",
     "Rubric",
     "RubricPrinciple",
+    "ServiceHealth",
+    "TrainingData",
+    "Transcript",
+    "VerificationResult",
     "metadata",
 ]

@@ -1,4 +1,4 @@
-"""Operational tables: the dead-letter store."""
+"""Operational tables: the dead-letter store and the audit log."""
 
 from __future__ import annotations
 
@@ -27,3 +27,22 @@ class DeadLetter(Base):
     last_seen_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
 
     __table_args__ = (Index("ix_dead_letters_function_last_seen", "function", "last_seen_at"),)
+
+
+class AuditLog(Base):
+    """One mutation of an audited entity, written in the transaction of the mutation."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    entity_type: Mapped[str] = mapped_column(String(50))
+    entity_id: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(50))
+    changes: Mapped[dict[str, Any]]
+    actor: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = created_at()
+
+    __table_args__ = (
+        Index("ix_audit_log_entity", "entity_type", "entity_id", "id"),
+        Index("ix_audit_log_created_at", "created_at", postgresql_using="brin"),
+    )
