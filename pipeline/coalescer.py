@@ -109,10 +109,20 @@ class Coalescer:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def submit(self, job_id: str, kind: str, target: Target, rows: list[Row]) -> Receipt:
-        """Queue a job's rows; return its receipt once they are committed."""
+    async def submit(
+        self, job_id: str, kind: str, target: Target, rows: list[Row], *, urgent: bool = False
+    ) -> Receipt:
+        """Queue a job's rows; return its receipt once they are committed.
+
+        An urgent job goes to the front of the queue, so it is in the next transaction even when
+        a backlog of full batches waits.
+        """
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        self._pending.append(Submission(job_id, kind, target, rows, future))
+        submission = Submission(job_id, kind, target, rows, future)
+        if urgent:
+            self._pending.appendleft(submission)
+        else:
+            self._pending.append(submission)
         self._wakeup.set()
         return await future
 

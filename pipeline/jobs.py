@@ -54,12 +54,15 @@ class JobRunner:
     ) -> Receipt:
         """Validate, write and settle one job."""
         try:
-            rows = self._rows(kind, ctx, args, kwargs)
+            payload = self._validate(kind, args, kwargs)
+            rows = self._rows(kind, ctx, payload)
         except InvalidPayload as exc:
             await self._dead_letter(kind, ctx, kwargs, exc)
             raise
         try:
-            return await self.coalescer.submit(ctx["job_id"], kind.name, kind.target, rows)
+            return await self.coalescer.submit(
+                ctx["job_id"], kind.name, kind.target, rows, urgent=kind.urgent(payload)
+            )
         except (MissingReference, TransientError) as exc:
             if ctx["job_try"] < self.settings.max_tries:
                 raise Retry(defer=self._delay(exc, ctx["job_try"])) from exc
@@ -69,21 +72,18 @@ class JobRunner:
             await self._dead_letter(kind, ctx, kwargs, exc)
             raise
 
-    def _rows(
-        self,
-        kind: WriteKind[Any],
-        ctx: dict[str, Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> list[Row]:
+    @staticmethod
+    def _validate(kind: WriteKind[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if args:
             raise InvalidPayload(
                 f"{kind.name} takes keyword arguments only, got {len(args)} positional"
             )
         try:
-            payload = kind.validate(kwargs)
+            return kind.validate(kwargs)
         except ValidationError as exc:
             raise InvalidPayload(f"{kind.name}: {describe(exc)}") from None
+
+    def _rows(self, kind: WriteKind[Any], ctx: dict[str, Any], payload: Any) -> list[Row]:
         rows = kind.rows(payload, int(ctx["enqueue_time"].timestamp() * 1000) * 1000)
         if len(rows) > self.settings.job_max_items:
             raise InvalidPayload(

@@ -64,11 +64,12 @@ class Invalidation:
 
 @dataclass(frozen=True, eq=False)
 class Target:
-    """One set-based statement: the rows of a batch for one table, merged, sorted, sent as arrays.
+    """Set-based SQL for one table: the rows of a batch, merged, sorted, sent as arrays.
 
-    ``sql`` is a template in which ``{rows}`` stands for ``unnest(CAST(:col AS type[]), …) AS
-    v(col, …)``. When ``reports_missing`` is set, the statement returns the key of every row it
-    could not apply because a row it refers to does not exist yet.
+    ``sql`` is a statement template (or a sequence of them, run in order, when one statement cannot
+    do it all) in which ``{rows}`` stands for ``unnest(CAST(:col AS type[]), …) AS v(col, …)``.
+    When ``reports_missing`` is set, the (last) statement returns the key of every row it could
+    not apply because a row it refers to does not exist yet.
     """
 
     name: str
@@ -76,11 +77,11 @@ class Target:
     order: int
     columns: tuple[tuple[str, str], ...]
     key: tuple[str, ...]
-    sql: str
+    sql: str | tuple[str, ...]
     merge: Merge = keep_first
     reports_missing: bool = False
     invalidates: Invalidation | None = None
-    statement: TextClause = field(init=False, repr=False)
+    statements: tuple[TextClause, ...] = field(init=False, repr=False)
     key_of: Callable[[Row], Row] = field(init=False, repr=False)
     touched_of: Callable[[Row], Row] = field(init=False, repr=False)
 
@@ -88,7 +89,9 @@ class Target:
         names = [name for name, _ in self.columns]
         unnest = ", ".join(f"CAST(:{name} AS {pg}[])" for name, pg in self.columns)
         rows = f"unnest({unnest}) AS v({', '.join(names)})"
-        object.__setattr__(self, "statement", text(self.sql.format(rows=rows)))
+        templates = (self.sql,) if isinstance(self.sql, str) else self.sql
+        statements = tuple(text(t.format(rows=rows)) for t in templates)
+        object.__setattr__(self, "statements", statements)
         getter = operator.itemgetter(*(names.index(k) for k in self.key))
         key_of = getter if len(self.key) > 1 else (lambda row: (getter(row),))
         object.__setattr__(self, "key_of", key_of)
@@ -112,10 +115,11 @@ class Target:
         return [merged[key] for key in sorted(merged)]
 
     async def write(self, conn: AsyncConnection, rows: Sequence[Row]) -> set[Row]:
-        """Execute the statement for prepared rows; the keys it could not apply."""
+        """Execute the statements for prepared rows; the keys they could not apply."""
         names = [name for name, _ in self.columns]
         params = dict(zip(names, (list(c) for c in zip(*rows, strict=True)), strict=True))
-        result = await conn.execute(self.statement, params)
+        for statement in self.statements:
+            result = await conn.execute(statement, params)
         if not self.reports_missing:
             return set()
         return {tuple(r) for r in result}
@@ -141,3 +145,8 @@ class WriteKind(Generic[P]):
     def validate(self, kwargs: dict[str, Any]) -> P:
         """The payload, or pydantic's ValidationError."""
         return self.adapter.validate_python(kwargs)
+
+    @staticmethod
+    def urgent(payload: BaseModel) -> bool:
+        """Whether the job asked to be written ahead of everything pending (``urgent=True``)."""
+        return bool(getattr(payload, "urgent", False))

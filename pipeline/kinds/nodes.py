@@ -5,7 +5,9 @@ in the same statement (so a chain of new nodes lands together); nodes whose pare
 are reported back and their jobs retried later. Scores and status are last-write-wins, each
 field with its own version, so an update of one score never undoes a newer update of the other.
 Both update kinds feed one target, so ``nodes`` rows are locked by one sorted statement per batch.
-Every change deletes the cached branch statistics of the changed nodes' ancestors.
+Every change deletes the cached branch statistics of the changed nodes' ancestors; every status
+change writes an ``audit_log`` row (entity ``node``, id ``project_id/node_id``) in the same
+statement.
 """
 
 from __future__ import annotations
@@ -136,15 +138,17 @@ def _insert_rows(p: InsertNodes, version: int) -> list[Row]:
 
 insert_nodes = WriteKind("insert_nodes", InsertNodes, NODES, _insert_rows)
 
-# Positions of (value, version) pairs in a NODE_UPDATES row.
-_FIELDS = ((2, 3), (4, 5), (6, 7))
+# Positions in a NODE_UPDATES row of each field's value, its version, and what goes with it
+# (the actor of a status change).
+_FIELDS = ((2, 3, ()), (4, 5, ()), (6, 7, (8,)))
 
 
 def _merge_fields(old: Row, new: Row) -> Row:
     merged = list(old)
-    for value, ver in _FIELDS:
+    for value, ver, attached in _FIELDS:
         if new[ver] is not None and (old[ver] is None or new[ver] > old[ver]):
-            merged[value], merged[ver] = new[value], new[ver]
+            for i in (value, ver, *attached):
+                merged[i] = new[i]
     return tuple(merged)
 
 
@@ -161,6 +165,7 @@ NODE_UPDATES = Target(
         ("ucb_version", "int8"),
         ("status", "text"),
         ("status_version", "int8"),
+        ("actor", "text"),
     ),
     key=("project_id", "node_id"),
     merge=_merge_fields,
@@ -172,7 +177,7 @@ NODE_UPDATES = Target(
     sql="""
         WITH v AS (SELECT * FROM {rows}),
         locked AS MATERIALIZED (
-            SELECT n.project_id, n.node_id FROM nodes n
+            SELECT n.project_id, n.node_id, n.status FROM nodes n
             JOIN v ON n.project_id = v.project_id AND n.node_id = v.node_id
             ORDER BY n.project_id, n.node_id
             FOR NO KEY UPDATE OF n
@@ -194,6 +199,19 @@ NODE_UPDATES = Target(
               AND (v.rubric_version > n.rubric_score_version
                    OR v.ucb_version > n.ucb_score_version
                    OR v.status_version > n.status_version)
+            RETURNING n.project_id, n.node_id, n.status, n.status_version
+        ),
+        audited AS (
+            INSERT INTO audit_log (entity_type, entity_id, action, changes, actor)
+            SELECT 'node', u.project_id || '/' || u.node_id, 'status',
+                   jsonb_build_object('from', l.status, 'to', u.status,
+                                      'version', u.status_version),
+                   v.actor
+            FROM updated u
+            JOIN locked l ON l.project_id = u.project_id AND l.node_id = u.node_id
+            JOIN v ON v.project_id = u.project_id AND v.node_id = u.node_id
+            WHERE u.status IS DISTINCT FROM l.status
+            ORDER BY u.project_id, u.node_id
         )
         SELECT v.project_id, v.node_id FROM v
         WHERE NOT EXISTS (
@@ -233,7 +251,17 @@ def _score_rows(p: UpdateScores, version: int) -> list[Row]:
         rubric_v = None if s.rubric_score is None else v
         ucb_v = None if s.ucb_score is None else v
         rows.append(
-            (p.project_id, s.node_id, s.rubric_score, rubric_v, s.ucb_score, ucb_v, None, None)
+            (
+                p.project_id,
+                s.node_id,
+                s.rubric_score,
+                rubric_v,
+                s.ucb_score,
+                ucb_v,
+                None,
+                None,
+                None,
+            )
         )
     return rows
 
@@ -256,20 +284,13 @@ class UpdateStatuses(BaseModel):
     model_config = STRICT
     project_id: Key
     statuses: list[StatusUpdate] = Field(min_length=1)
+    actor: Key | None = None
 
 
 def _status_rows(p: UpdateStatuses, version: int) -> list[Row]:
     return [
-        (
-            p.project_id,
-            s.node_id,
-            None,
-            None,
-            None,
-            None,
-            s.status,
-            version if s.version is None else s.version,
-        )
+        (p.project_id, s.node_id, None, None, None, None, s.status)
+        + (version if s.version is None else s.version, p.actor)
         for s in p.statuses
     ]
 

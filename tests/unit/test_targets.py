@@ -27,18 +27,18 @@ def test_insert_if_absent_keeps_the_first_row_of_a_key() -> None:
 
 
 def test_node_updates_merge_each_field_by_its_own_version() -> None:
-    rubric_v2 = ("p", "n", 0.2, 2, None, None, None, None)
-    ucb_v1 = ("p", "n", None, None, 9.0, 1, None, None)
-    rubric_v1 = ("p", "n", 0.1, 1, None, None, None, None)
-    status_v3 = ("p", "n", None, None, None, None, "pruned", 3)
+    rubric_v2 = ("p", "n", 0.2, 2, None, None, None, None, None)
+    ucb_v1 = ("p", "n", None, None, 9.0, 1, None, None, None)
+    rubric_v1 = ("p", "n", 0.1, 1, None, None, None, None, None)
+    status_v3 = ("p", "n", None, None, None, None, "pruned", 3, "ops")
     merged = NODE_UPDATES.prepare([rubric_v2, ucb_v1, rubric_v1, status_v3])
-    assert merged == [("p", "n", 0.2, 2, 9.0, 1, "pruned", 3)]
+    assert merged == [("p", "n", 0.2, 2, 9.0, 1, "pruned", 3, "ops")]
 
 
 def test_score_rows_carry_a_version_only_for_the_scores_given() -> None:
     kind = BY_NAME["update_scores"]
     payload = kind.validate({"project_id": "p", "scores": [{"node_id": "n", "ucb_score": 1.5}]})
-    assert kind.rows(payload, 77) == [("p", "n", None, None, 1.5, 77, None, None)]
+    assert kind.rows(payload, 77) == [("p", "n", None, None, 1.5, 77, None, None, None)]
 
 
 @pytest.mark.parametrize(
