@@ -34,6 +34,8 @@ def _json_object(value: dict[str, Any]) -> dict[str, Any]:
 
 
 Key = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_no_nul)]
+ShortKey = Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(_no_nul)]
+MediumKey = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_no_nul)]
 Text = Annotated[str, AfterValidator(_no_nul)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
 Version = Annotated[int, Field(ge=0, le=MAX_VERSION)]

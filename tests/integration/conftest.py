@@ -43,9 +43,9 @@ async def make_worker(settings: Settings) -> AsyncIterator[Callable[..., Worker]
     """Build burst-mode arq workers with the pipeline's options; closed after the test."""
     workers: list[Worker] = []
 
-    def make(**overrides: Any) -> Worker:
-        options = worker_options(settings)
-        options["ctx"] = {"settings": settings, "configure_logging": False}
+    def make(settings_overrides: dict[str, Any] | None = None, **overrides: Any) -> Worker:
+        options = worker_options(settings.model_copy(update=settings_overrides or {}))
+        options["ctx"]["configure_logging"] = False
         options.update({"burst": True, "handle_signals": False, **overrides})
         worker = Worker(**options)
         workers.append(worker)

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pipeline.schema import metadata
 from tests.conftest import migrate
 
-TABLES = {
+TAXONOMY = {
     "projects",
     "rubrics",
     "rubric_principles",
@@ -22,6 +22,18 @@ TABLES = {
     "branch_stats",
     "dead_letters",
 }
+VERIFICATION_AND_TASKS = {
+    "claims",
+    "verification_results",
+    "consensus_decisions",
+    "training_data",
+    "model_checkpoints",
+    "service_health",
+    "transcripts",
+    "events",
+    "audit_log",
+}
+TABLES = TAXONOMY | VERIFICATION_AND_TASKS
 
 
 def _differences(connection: Connection) -> list[object]:
@@ -43,6 +55,11 @@ async def test_upgrade_matches_the_models_and_downgrade_removes_everything(
         }
         assert any("WHERE ((status)::text = 'alive'::text)" in i for i in indexes)
     await engine.dispose()
+
+    await asyncio.to_thread(migrate, database_url, "0001", down=True)
+    async with engine.connect() as conn:
+        tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+        assert tables == TAXONOMY | {"alembic_version"}
 
     await asyncio.to_thread(migrate, database_url, "base", down=True)
     async with engine.connect() as conn:

@@ -1,0 +1,158 @@
+"""Model checkpoints: ``register_checkpoint`` (insert-if-absent by (model, version)) and
+``activate_checkpoint``.
+
+At most one checkpoint is active per (model, framework), enforced by a partial unique index.
+Activation is last-write-wins by its version: the newest activation stands, whatever order
+activations arrive in or however many workers run them at once. It takes three statements in one
+transaction: lock the group's rows in a fixed order (so concurrent activations queue up instead
+of missing each other's), deactivate the active checkpoint if this activation is newer, then
+activate the target if nothing newer is active. Each activation that takes effect writes an
+``audit_log`` row.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from pipeline.kinds.base import Row, Target, WriteKind, newest
+from pipeline.kinds.fields import STRICT, JsonObject, Key, ShortKey, Text, Version, to_json
+
+
+class RegisterCheckpoint(BaseModel):
+    """Keyword arguments of ``register_checkpoint``."""
+
+    model_config = STRICT
+    model_name: Key
+    version: ShortKey
+    checkpoint_path: Text = Field(min_length=1)
+    framework: ShortKey | None = None
+    metrics: JsonObject = Field(default_factory=dict)
+    training_config: JsonObject = Field(default_factory=dict)
+
+
+CHECKPOINTS = Target(
+    name="model_checkpoints",
+    table="model_checkpoints",
+    order=100,
+    columns=(
+        ("model_name", "text"),
+        ("version", "text"),
+        ("framework", "text"),
+        ("checkpoint_path", "text"),
+        ("metrics", "text"),
+        ("training_config", "text"),
+    ),
+    key=("model_name", "version"),
+    sql="""
+        INSERT INTO model_checkpoints (model_name, version, framework, checkpoint_path, metrics,
+                                       training_config)
+        SELECT model_name, version, framework, checkpoint_path, CAST(metrics AS jsonb),
+               CAST(training_config AS jsonb)
+        FROM {rows}
+        ON CONFLICT (model_name, version) DO NOTHING
+    """,
+)
+
+
+def _register_rows(p: RegisterCheckpoint, version: int) -> list[Row]:
+    return [
+        (p.model_name, p.version, p.framework, p.checkpoint_path)
+        + (to_json(p.metrics), to_json(p.training_config))
+    ]
+
+
+register_checkpoint = WriteKind(
+    "register_checkpoint", RegisterCheckpoint, CHECKPOINTS, _register_rows
+)
+
+
+class ActivateCheckpoint(BaseModel):
+    """Keyword arguments of ``activate_checkpoint``."""
+
+    model_config = STRICT
+    model_name: Key
+    version: ShortKey
+    framework: ShortKey | None = None
+    activation_version: Version | None = None
+    actor: Key | None = None
+
+
+_TARGETS = """
+    WITH v AS (SELECT * FROM {rows}),
+    target AS (
+        SELECT v.*, m.id AS target_id FROM v
+        JOIN model_checkpoints m ON m.model_name = v.model_name AND m.version = v.version
+                                AND COALESCE(m.framework, '') = v.framework
+    )"""
+
+ACTIVATIONS = Target(
+    name="checkpoint_activations",
+    table="model_checkpoints",
+    order=110,
+    # framework is '' for none, so the key sorts and compares like any string.
+    columns=(
+        ("model_name", "text"),
+        ("framework", "text"),
+        ("version", "text"),
+        ("activation_version", "int8"),
+        ("actor", "text"),
+    ),
+    key=("model_name", "framework"),
+    merge=newest(3),
+    reports_missing=True,
+    sql=(
+        """
+        SELECT m.id FROM model_checkpoints m
+        JOIN unnest(CAST(:model_name AS text[]), CAST(:framework AS text[])) AS g(model_name, fw)
+          ON m.model_name = g.model_name AND COALESCE(m.framework, '') = g.fw
+        ORDER BY m.model_name, COALESCE(m.framework, ''), m.version
+        FOR UPDATE OF m
+        """,
+        # _TARGETS is a constant: no input is formatted into these statements.
+        _TARGETS  # noqa: S608
+        + """
+        UPDATE model_checkpoints m SET is_active = false
+        FROM target t
+        WHERE m.model_name = t.model_name AND COALESCE(m.framework, '') = t.framework
+          AND m.is_active AND m.id <> t.target_id
+          AND m.activation_version < t.activation_version
+        """,
+        _TARGETS  # noqa: S608
+        + """,
+        activated AS (
+            UPDATE model_checkpoints m
+            SET is_active = true, activation_version = t.activation_version, activated_at = now()
+            FROM target t
+            WHERE m.id = t.target_id AND m.activation_version < t.activation_version
+              AND NOT EXISTS (
+                  SELECT 1 FROM model_checkpoints o
+                  WHERE o.model_name = m.model_name
+                    AND COALESCE(o.framework, '') = COALESCE(m.framework, '')
+                    AND o.is_active AND o.id <> m.id)
+            RETURNING m.model_name, m.framework, m.version, m.activation_version
+        ),
+        audited AS (
+            INSERT INTO audit_log (entity_type, entity_id, action, changes, actor)
+            SELECT 'model_checkpoint', a.model_name || '@' || a.version, 'activate',
+                   jsonb_build_object('framework', a.framework,
+                                      'activation_version', a.activation_version),
+                   t.actor
+            FROM activated a JOIN target t ON t.model_name = a.model_name
+                                          AND t.version = a.version
+        )
+        SELECT v.model_name, v.framework FROM v
+        WHERE NOT EXISTS (SELECT 1 FROM target t
+                          WHERE t.model_name = v.model_name AND t.framework = v.framework)
+        """,
+    ),
+)
+
+
+def _activation_rows(p: ActivateCheckpoint, version: int) -> list[Row]:
+    activation = version if p.activation_version is None else p.activation_version
+    return [(p.model_name, p.framework or "", p.version, activation, p.actor)]
+
+
+activate_checkpoint = WriteKind(
+    "activate_checkpoint", ActivateCheckpoint, ACTIVATIONS, _activation_rows
+)

@@ -1,0 +1,122 @@
+"""The agent task runner: ``append_transcripts`` and ``record_events``, both append-only.
+
+Transcript entries are insert-if-absent by (task, phase, iteration, seq); events by ``event_id``.
+``record_events(..., urgent=True)`` puts the job ahead of everything the coalescer holds, for the
+events (a phase completing) that must not wait behind a backlog.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, Field
+
+from pipeline.kinds.base import Row, Target, WriteKind
+from pipeline.kinds.fields import STRICT, JsonObject, Key, MediumKey, Text, to_json
+
+
+class TranscriptItem(BaseModel):
+    """One transcript entry."""
+
+    model_config = STRICT
+    task_id: Key
+    phase: MediumKey
+    iteration: int = Field(ge=0, le=2**31 - 1)
+    seq: int = Field(ge=0, le=2**31 - 1)
+    role: Literal["prompt", "response", "chunk", "combined"]
+    content: Text
+    timestamp: AwareDatetime
+
+
+class AppendTranscripts(BaseModel):
+    """Keyword arguments of ``append_transcripts``."""
+
+    model_config = STRICT
+    transcripts: list[TranscriptItem] = Field(min_length=1)
+
+
+TRANSCRIPTS = Target(
+    name="transcripts",
+    table="transcripts",
+    order=100,
+    columns=(
+        ("task_id", "text"),
+        ("phase", "text"),
+        ("iteration", "int4"),
+        ("seq", "int4"),
+        ("role", "text"),
+        ("content", "text"),
+        ("timestamp", "timestamptz"),
+    ),
+    key=("task_id", "phase", "iteration", "seq"),
+    sql="""
+        INSERT INTO transcripts (task_id, phase, iteration, seq, role, content, timestamp)
+        SELECT * FROM {rows}
+        ON CONFLICT (task_id, phase, iteration, seq) DO NOTHING
+    """,
+)
+
+
+def _transcript_rows(p: AppendTranscripts, version: int) -> list[Row]:
+    return [
+        (t.task_id, t.phase, t.iteration, t.seq, t.role, t.content, t.timestamp)
+        for t in p.transcripts
+    ]
+
+
+append_transcripts = WriteKind(
+    "append_transcripts", AppendTranscripts, TRANSCRIPTS, _transcript_rows
+)
+
+
+class EventItem(BaseModel):
+    """One event."""
+
+    model_config = STRICT
+    event_id: uuid.UUID
+    task_id: Key | None = None
+    event_type: MediumKey
+    payload: JsonObject = Field(default_factory=dict)
+    occurred_at: AwareDatetime
+    duration_ms: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+
+class RecordEvents(BaseModel):
+    """Keyword arguments of ``record_events``."""
+
+    model_config = STRICT
+    events: list[EventItem] = Field(min_length=1)
+    urgent: bool = False
+
+
+EVENTS = Target(
+    name="events",
+    table="events",
+    order=100,
+    columns=(
+        ("event_id", "uuid"),
+        ("task_id", "text"),
+        ("event_type", "text"),
+        ("payload", "text"),
+        ("occurred_at", "timestamptz"),
+        ("duration_ms", "int4"),
+    ),
+    key=("event_id",),
+    sql="""
+        INSERT INTO events (event_id, task_id, event_type, payload, occurred_at, duration_ms)
+        SELECT event_id, task_id, event_type, CAST(payload AS jsonb), occurred_at, duration_ms
+        FROM {rows}
+        ON CONFLICT (event_id) DO NOTHING
+    """,
+)
+
+
+def _event_rows(p: RecordEvents, version: int) -> list[Row]:
+    return [
+        (e.event_id, e.task_id, e.event_type, to_json(e.payload), e.occurred_at, e.duration_ms)
+        for e in p.events
+    ]
+
+
+record_events = WriteKind("record_events", RecordEvents, EVENTS, _event_rows)
