@@ -94,7 +94,8 @@ async def test_claims_verifications_consensus_round_trip_and_audit(
     ]
     assert await rows(
         engine,
-        "SELECT participating_frameworks, consensus_type, consensus_confidence FROM consensus_decisions",
+        "SELECT participating_frameworks, consensus_type, consensus_confidence "
+        "FROM consensus_decisions",
     ) == [(["empirical", "logical"], "majority", 0.8)]
 
     # A newer claim version and an older decision: the first applies (and is audited), the
@@ -262,7 +263,7 @@ async def test_heartbeats_only_move_forward(
         engine,
         "SELECT instance_id, status, last_heartbeat, metadata FROM service_health ORDER BY 1",
     )
-    assert [(s[0], s[1], s[2].isoformat()) for s in state][0] == (
+    assert (state[0][0], state[0][1], state[0][2].isoformat()) == (
         "i1",
         "ok",
         "2026-01-01T00:00:10+00:00",
