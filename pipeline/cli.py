@@ -1,4 +1,5 @@
-"""The ``pipeline`` command: run the worker, migrate the schema, and try it all with a demo."""
+"""The ``pipeline`` command: run the worker, migrate the schema, handle dead letters, and try it
+all with a demo."""
 
 from __future__ import annotations
 
@@ -66,6 +67,10 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--nodes", type=int, default=3000, help="nodes to grow (default 3000)")
     demo.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     demo.set_defaults(run=_demo)
+
+    from pipeline.cli_dead_letters import add_commands
+
+    add_commands(commands)
     return root
 
 
@@ -74,3 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     code: int = args.run(args)
     return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -22,6 +22,7 @@ from pipeline.errors import (
     classify,
 )
 from pipeline.kinds.base import Row, WriteKind
+from pipeline.serialization import OVERSIZED
 from pipeline.settings import Settings
 
 log = structlog.get_logger("pipeline.jobs")
@@ -60,7 +61,7 @@ class JobRunner:
             await self._dead_letter(kind, ctx, kwargs, exc)
             raise
         try:
-            return await self.coalescer.submit(
+            receipt = await self.coalescer.submit(
                 ctx["job_id"], kind.name, kind.target, rows, urgent=kind.urgent(payload)
             )
         except (MissingReference, TransientError) as exc:
@@ -71,9 +72,15 @@ class JobRunner:
         except DataError as exc:
             await self._dead_letter(kind, ctx, kwargs, exc)
             raise
+        await dead_letters.resolve(self.engine, ctx["job_id"])
+        return receipt
 
-    @staticmethod
-    def _validate(kind: WriteKind[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _validate(self, kind: WriteKind[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if OVERSIZED in kwargs:
+            raise InvalidPayload(
+                f"{kind.name}: the job is {kwargs[OVERSIZED]} bytes; "
+                f"at most {self.settings.job_max_bytes}"
+            )
         if args:
             raise InvalidPayload(
                 f"{kind.name} takes keyword arguments only, got {len(args)} positional"

@@ -50,3 +50,24 @@ def serialize(obj: Any) -> bytes:
 def deserialize(data: bytes) -> Any:
     """Decode msgpack; raises on anything else (pickle included)."""
     return msgpack.unpackb(data, ext_hook=_ext_hook, strict_map_key=False)
+
+
+OVERSIZED = "__pipeline_oversized_payload_bytes__"
+
+
+class JobDeserializer:
+    """The worker's deserializer: :func:`deserialize` with a cap on a job's size.
+
+    A job over ``max_bytes`` keeps its function name but its arguments are replaced by
+    ``{OVERSIZED: size}``, so the job runs, fails with a clear message and is dead-lettered
+    instead of reaching a batch (or failing inside arq with no record).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+
+    def __call__(self, data: bytes) -> Any:
+        decoded = deserialize(data)
+        if len(data) > self.max_bytes and isinstance(decoded, dict) and "k" in decoded:
+            decoded["a"], decoded["k"] = (), {OVERSIZED: len(data)}
+        return decoded

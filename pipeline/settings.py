@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     )
     batch_max_rows: int = Field(default=5000, ge=1, description="Rows per flushed batch, at most.")
     job_max_items: int = Field(default=5000, ge=1, description="Items one job may carry.")
+    job_max_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Size of one serialized job, at most."
+    )
     job_timeout_s: int = Field(
         default=20, ge=1, description="arq job timeout; a killed worker's jobs rerun after +10 s."
     )

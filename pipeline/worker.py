@@ -19,7 +19,7 @@ from pipeline.coalescer import Coalescer
 from pipeline.db import create_engine, redacted
 from pipeline.jobs import JobRunner, job_function
 from pipeline.kinds import KINDS
-from pipeline.serialization import deserialize, serialize
+from pipeline.serialization import JobDeserializer, serialize
 from pipeline.settings import Settings, get_settings
 
 log = structlog.get_logger("pipeline.worker")
@@ -85,7 +85,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "keep_result": 3600,
         "job_completion_wait": settings.shutdown_wait_s,
         "job_serializer": serialize,
-        "job_deserializer": deserialize,
+        "job_deserializer": JobDeserializer(settings.job_max_bytes),
         "log_results": False,
         "ctx": {"settings": settings},
     }
