@@ -72,7 +72,8 @@ async def test_purge_deletes_only_old_dead_letters(
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                "UPDATE dead_letters SET last_seen_at = now() - interval '8 days' WHERE function = 'insert_nodes'"
+                "UPDATE dead_letters SET last_seen_at = now() - interval '8 days' "
+                "WHERE function = 'insert_nodes'"
             )
         )
     assert await dead_letters.purge(engine, dt.timedelta(days=7)) == 1
