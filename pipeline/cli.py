@@ -22,11 +22,9 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from arq.worker import run_worker
+    from pipeline.worker import run
 
-    from pipeline.worker import WorkerSettings
-
-    run_worker(WorkerSettings, burst=args.burst)
+    run(burst=args.burst)
     return 0
 
 
@@ -54,7 +52,9 @@ def parser() -> argparse.ArgumentParser:
     migrate.set_defaults(run=_migrate)
 
     worker = commands.add_parser(
-        "worker", help="run a worker (the same as: arq pipeline.WorkerSettings)"
+        "worker",
+        help="run a worker (like arq pipeline.WorkerSettings, and it survives Redis dropping "
+        "its connections)",
     )
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.set_defaults(run=_worker)

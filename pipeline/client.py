@@ -11,10 +11,11 @@ import datetime as dt
 from typing import Any
 
 from arq import create_pool as arq_create_pool
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 from arq.jobs import Job
 from pydantic import BaseModel, ValidationError
 
+from pipeline.db import redis_settings
 from pipeline.errors import InvalidPayload
 from pipeline.kinds import BY_NAME
 from pipeline.serialization import deserialize, serialize
@@ -36,7 +37,7 @@ async def create_pool(
     """An ``ArqRedis`` using msgpack and the pipeline's queue, ready for ``enqueue_job``."""
     settings = settings or get_settings()
     return await arq_create_pool(
-        RedisSettings.from_dsn(redis_url or str(settings.redis_url)),
+        redis_settings(redis_url or str(settings.redis_url)),
         job_serializer=serialize,
         job_deserializer=deserialize,
         default_queue_name=settings.queue_name,

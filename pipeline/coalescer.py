@@ -132,6 +132,8 @@ class Coalescer:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             batch = self._take()
+            if not batch:
+                continue
             self._flushing = True
             try:
                 await self._flush(batch)
@@ -142,12 +144,22 @@ class Coalescer:
                 self._flushing = False
 
     def _take(self) -> list[Submission]:
-        batch = [self._pending.popleft()]
-        rows = len(batch[0].rows)
-        while self._pending and rows + len(self._pending[0].rows) <= self._max_rows:
-            submission = self._pending.popleft()
+        """The next batch: pending submissions in order, up to the row cap (at least one).
+
+        A submission whose job stopped waiting (it gave up and was handed back to arq, or was
+        cancelled) is dropped: arq runs that job again, and it submits its rows again.
+        """
+        batch: list[Submission] = []
+        rows = 0
+        while self._pending:
+            submission = self._pending[0]
+            if submission.future.done():
+                self._pending.popleft()
+                continue
+            if batch and rows + len(submission.rows) > self._max_rows:
+                break
+            batch.append(self._pending.popleft())
             rows += len(submission.rows)
-            batch.append(submission)
         return batch
 
     async def _flush(self, batch: list[Submission]) -> None:

@@ -1,7 +1,13 @@
-"""Engines and URLs: built from settings at start-up, never at import time."""
+"""Connections: database engines and Redis settings, built at start-up (never at import time),
+and URLs fit for logs."""
 
 from __future__ import annotations
 
+from arq.connections import RedisSettings
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -28,3 +34,13 @@ def create_engine(settings: Settings, *, read: bool = False) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_recycle=1800,
     )
+
+
+def redis_settings(url: str) -> RedisSettings:
+    """arq's Redis settings for ``url``, reconnecting and retrying a command when a connection
+    drops (commands and MULTI/EXEC transactions; a WATCH cannot be retried, see PipelineWorker)."""
+    settings = RedisSettings.from_dsn(url)
+    settings.retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8)
+    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionError]
+    settings.retry_on_timeout = True
+    return settings

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 import uuid
 from dataclasses import dataclass
@@ -57,9 +58,23 @@ class DeadLetter:
     last_seen_at: dt.datetime
 
 
+def _jsonable(value: Any) -> Any:
+    """``value`` with everything JSON cannot carry spelled as text: non-finite floats, bytes,
+    keys that are not strings, and any other object (by its ``repr``)."""
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else repr(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)
+
+
 def payload_json(payload: dict[str, Any]) -> str:
     """The payload as JSON that ``jsonb`` accepts, whatever it holds (NULs are replaced)."""
-    encoded = json.dumps(payload, default=repr, ensure_ascii=False)
+    encoded = json.dumps(_jsonable(payload), ensure_ascii=False, allow_nan=False)
     return encoded.replace("\\u0000", "\\ufffd")
 
 

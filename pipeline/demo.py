@@ -165,12 +165,12 @@ def _now_us() -> int:
 
 
 def start_workers(count: int, log_path: Path) -> list[subprocess.Popen[bytes]]:
-    """Worker processes (``python -m arq pipeline.WorkerSettings``), logging JSON to a file."""
+    """Worker processes (``pipeline worker``), logging JSON to a file."""
     env = {**os.environ, "PIPELINE_LOG_FORMAT": "json"}
     log = log_path.open("ab")
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "arq", "pipeline.WorkerSettings"],
+            [sys.executable, "-m", "pipeline.cli", "worker"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -3,6 +3,7 @@ arq should do with the job (complete it, retry it later, or fail it and keep a d
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
@@ -45,6 +46,8 @@ class JobRunner:
         self.settings = settings
         self.engine = engine
         self.coalescer = coalescer
+        # How long a job waits for its commit: a little less than arq's job timeout.
+        self.commit_wait_s = max(settings.job_timeout_s * 0.5, settings.job_timeout_s - 1.0)
 
     async def run(
         self,
@@ -61,9 +64,15 @@ class JobRunner:
             await self._dead_letter(kind, ctx, kwargs, exc)
             raise
         try:
-            receipt = await self.coalescer.submit(
-                ctx["job_id"], kind.name, kind.target, rows, urgent=kind.urgent(payload)
+            receipt = await asyncio.wait_for(
+                self.coalescer.submit(
+                    ctx["job_id"], kind.name, kind.target, rows, urgent=kind.urgent(payload)
+                ),
+                self.commit_wait_s,
             )
+        except TimeoutError as exc:
+            # arq fails a job that reaches its timeout and never retries it; hand it back first.
+            raise Retry(defer=self._delay(TransientError(), ctx["job_try"])) from exc
         except (MissingReference, TransientError) as exc:
             if ctx["job_try"] < self.settings.max_tries:
                 raise Retry(defer=self._delay(exc, ctx["job_try"])) from exc
@@ -122,15 +131,21 @@ class JobRunner:
             error=type(error).__name__,
             reason=str(error),
         )
+        record = {
+            "job_id": ctx["job_id"],
+            "function": kind.name,
+            "error": error,
+            "tries": ctx["job_try"],
+        }
         try:
-            await dead_letters.record(
-                self.engine,
-                job_id=ctx["job_id"],
-                function=kind.name,
-                payload=kwargs,
-                error=error,
-                tries=ctx["job_try"],
-            )
+            try:
+                await dead_letters.record(self.engine, payload=kwargs, **record)
+            except Exception as exc:
+                if isinstance(classify(exc), TransientError):
+                    raise
+                # The payload itself cannot be stored (as jsonb): keep the record, with its text.
+                unstorable = {"unstorable_payload": repr(kwargs)[:10_000]}
+                await dead_letters.record(self.engine, payload=unstorable, **record)
         except Exception as exc:  # the record must not be lost: let arq run the job again
             log.warning("dead letter not recorded, job will run again", error=repr(classify(exc)))
             raise Retry(defer=self._delay(TransientError(), ctx["job_try"])) from exc

@@ -1,8 +1,9 @@
 """Fixtures shared by every test: real PostgreSQL and Redis, a fresh database for each test.
 
 A session-wide template database is migrated once with Alembic (``upgrade head``); each test
-gets its own copy (``CREATE DATABASE … TEMPLATE``), dropped afterwards. Redis uses its own
-database number, flushed before each test.
+gets its own copy (``CREATE DATABASE … TEMPLATE``), dropped afterwards. Each test session claims
+a Redis database number of its own (so two test runs on one machine never flush each other's
+queues), and flushes it before each test.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pipeline.migrate import downgrade, upgrade
 ADMIN_URL = os.environ.get(
     "PIPELINE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-REDIS_URL = os.environ.get("PIPELINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+REDIS_BASE_URL = os.environ.get("PIPELINE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+SESSION_KEY = "pipeline:test-session"
 HOW_TO_START = (
     "start them with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start; "
     'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no'
@@ -90,14 +92,47 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
         await eng.dispose()
 
 
-@pytest.fixture
-async def redis_url() -> AsyncIterator[str]:
-    """A Redis database number of the tests' own, flushed before each test."""
-    client = aioredis.from_url(REDIS_URL)
+async def _claim_redis_db(token: str) -> str:
+    """The URL of a Redis database no other test session holds (1-15; 0 is left to people)."""
+    for db in range(15, 0, -1):
+        url = f"{REDIS_BASE_URL}/{db}"
+        client = aioredis.from_url(url)
+        try:
+            if await client.set(SESSION_KEY, token, nx=True, ex=6 * 3600):
+                return url
+        except (OSError, aioredis.ConnectionError) as exc:
+            pytest.fail(f"Redis is not reachable at {REDIS_BASE_URL} ({exc}); {HOW_TO_START}")
+        finally:
+            await client.aclose()
+    pytest.fail("every Redis database 1-15 is held by another test session")
+
+
+async def _release_redis_db(url: str, token: str) -> None:
+    client = aioredis.from_url(url)
     try:
-        await client.flushdb()
-    except (OSError, aioredis.ConnectionError) as exc:
-        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); {HOW_TO_START}")
+        if await client.get(SESSION_KEY) == token.encode():
+            await client.flushdb()
     finally:
         await client.aclose()
-    yield REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def session_redis_url() -> Iterator[str]:
+    """This test session's own Redis database."""
+    token = uuid.uuid4().hex
+    url = asyncio.run(_claim_redis_db(token))
+    yield url
+    asyncio.run(_release_redis_db(url, token))
+
+
+@pytest.fixture
+async def redis_url(session_redis_url: str) -> AsyncIterator[str]:
+    """The session's Redis database, flushed before each test (the session's claim is kept)."""
+    client = aioredis.from_url(session_redis_url)
+    try:
+        token = await client.get(SESSION_KEY)
+        await client.flushdb()
+        await client.set(SESSION_KEY, token or b"", ex=6 * 3600)
+    finally:
+        await client.aclose()
+    yield session_redis_url

@@ -6,12 +6,14 @@ import datetime as dt
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 _Model = TypeVar("_Model", bound="DataclassInstance")
+_Item = TypeVar("_Item")
+_Cursor = TypeVar("_Cursor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,205 @@ class LabeledSample:
     text: str | None
     annotator: str | None
     metadata: Mapping[str, Any] = field(hash=False)
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[_Item, _Cursor]):
+    """One page of a keyset-paginated read.
+
+    ``next_cursor`` is what to pass as the read's cursor argument for the next page; it is None
+    on the last page, so a walk never fetches an empty page after a full one.
+    """
+
+    items: tuple[_Item, ...]
+    next_cursor: _Cursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claim to verify; producers know it by ``external_id``."""
+
+    id: uuid.UUID
+    external_id: str
+    content: str
+    claim_type: str | None
+    source: str | None
+    metadata: Mapping[str, Any] = field(hash=False)
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationCursor:
+    """Where a page of recent verifications ends: the last one's (created_at, result_id)."""
+
+    created_at: dt.datetime
+    result_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """One framework's verdict on a claim. ``claim_id`` is the claim's external id."""
+
+    result_id: uuid.UUID
+    claim_id: str
+    framework: str
+    result: Mapping[str, Any] = field(hash=False)
+    confidence: float
+    evidence: Mapping[str, Any] = field(hash=False)
+    processing_time_ms: int | None
+    model_version: str | None
+    created_at: dt.datetime
+
+    @property
+    def cursor(self) -> VerificationCursor:
+        """The cursor of the page of recent verifications that follows this one."""
+        return VerificationCursor(self.created_at, self.result_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Consensus:
+    """The standing consensus decision on a claim. ``claim_id`` is the claim's external id."""
+
+    claim_id: str
+    consensus_result: Mapping[str, Any] = field(hash=False)
+    participating_frameworks: tuple[str, ...]
+    consensus_type: str
+    consensus_confidence: float
+    decision_time_ms: int | None
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimWithVerifications:
+    """A claim, its verifications (oldest first, ties by result_id) and its consensus if any."""
+
+    claim: Claim
+    verifications: tuple[Verification, ...]
+    consensus: Consensus | None
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingCursor:
+    """Where a page of training examples ends: the last one's (created_at, id)."""
+
+    created_at: dt.datetime
+    id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingExample:
+    """A labeled example for training a framework's model."""
+
+    id: uuid.UUID
+    framework: str
+    claim_id: str | None
+    claim_text: str
+    evidence: Mapping[str, Any] = field(hash=False)
+    validity: bool
+    confidence: float | None
+    metadata: Mapping[str, Any] = field(hash=False)
+    used_in_training: bool
+    training_batch_id: str | None
+    created_at: dt.datetime
+
+    @property
+    def cursor(self) -> TrainingCursor:
+        """The cursor of the examples that follow this one."""
+        return TrainingCursor(self.created_at, self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A trained model version; ``framework`` None means it serves every framework."""
+
+    id: uuid.UUID
+    model_name: str
+    framework: str | None
+    version: str
+    checkpoint_path: str
+    metrics: Mapping[str, Any] = field(hash=False)
+    training_config: Mapping[str, Any] = field(hash=False)
+    is_active: bool
+    activation_version: int
+    activated_at: dt.datetime | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceHeartbeat:
+    """The latest heartbeat of one instance of a service."""
+
+    service_name: str
+    instance_id: str
+    status: str
+    last_heartbeat: dt.datetime
+    metadata: Mapping[str, Any] = field(hash=False)
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptEntry:
+    """One entry of a task's transcript; (phase, iteration, seq) orders it within the task."""
+
+    task_id: str
+    phase: str
+    iteration: int
+    seq: int
+    role: str
+    content: str
+    timestamp: dt.datetime
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptHit:
+    """A transcript entry matching a full-text query, with its ``ts_rank_cd`` rank."""
+
+    entry: TranscriptEntry
+    rank: float
+
+
+@dataclass(frozen=True, slots=True)
+class EventCursor:
+    """Where a page of events ends: the last one's (occurred_at, event_id)."""
+
+    occurred_at: dt.datetime
+    event_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """Something that happened in a task (``task_id`` None: in the system)."""
+
+    event_id: uuid.UUID
+    task_id: str | None
+    event_type: str
+    payload: Mapping[str, Any] = field(hash=False)
+    occurred_at: dt.datetime
+    duration_ms: int | None
+    created_at: dt.datetime
+
+    @property
+    def cursor(self) -> EventCursor:
+        """The cursor of the page of events that follows this one."""
+        return EventCursor(self.occurred_at, self.event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One mutation of an audited entity."""
+
+    id: int
+    entity_type: str
+    entity_id: str
+    action: str
+    changes: Mapping[str, Any] = field(hash=False)
+    actor: str | None
     created_at: dt.datetime
 
 

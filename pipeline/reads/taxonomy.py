@@ -8,8 +8,7 @@ CTEs need no cycle guard.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -18,7 +17,6 @@ from sqlalchemy import (
     ColumnElement,
     Executable,
     Integer,
-    RowMapping,
     String,
     any_,
     bindparam,
@@ -31,8 +29,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pipeline.reads.base import ReadRepository, Source
 from pipeline.reads.cache import PrincipleScoreCache, RubricKey
 from pipeline.reads.models import (
     BranchStats,
@@ -66,10 +65,8 @@ _LOCK_BRANCH_STATS = text(
     "SELECT pg_advisory_xact_lock(" + branch_stats_lock_key(":project_id") + ")"
 ).bindparams(bindparam("project_id", type_=String))
 
-Source = AsyncEngine | AsyncSession
 
-
-class TaxonomyReads:
+class TaxonomyReads(ReadRepository):
     """Reads of one database's taxonomy tables, all scoped by project.
 
     ``source`` is an engine (each read checks out a connection of its own; point it at a replica
@@ -93,25 +90,13 @@ class TaxonomyReads:
         principle_cache: PrincipleScoreCache | None = None,
         store_branch_stats: bool = True,
     ) -> None:
-        self._source = source
+        super().__init__(source)
         self.principle_cache = (
             principle_cache
             if principle_cache is not None
             else PrincipleScoreCache.from_settings(get_settings())
         )
         self._store_branch_stats = store_branch_stats
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
-        if isinstance(self._source, AsyncSession):
-            yield await self._source.connection()
-        else:
-            async with self._source.connect() as conn:
-                yield conn
-
-    async def _rows(self, statement: Executable) -> list[RowMapping]:
-        async with self._connection() as conn:
-            return list((await conn.execute(statement)).mappings())
 
     async def node(self, project_id: str, node_id: str) -> Node | None:
         """The node, or None if the project has no such node."""

@@ -17,7 +17,10 @@ from arq.connections import ArqRedis
 from pipeline import create_pool
 from pipeline.settings import Settings
 
-ARQ = str(Path(sys.executable).with_name("arq"))
+COMMANDS = {
+    "arq": [str(Path(sys.executable).with_name("arq")), "pipeline.WorkerSettings"],
+    "pipeline": [str(Path(sys.executable).with_name("pipeline")), "worker"],
+}
 
 
 @pytest.fixture
@@ -30,6 +33,7 @@ def settings(database_url: str, redis_url: str) -> Settings:
         reference_retry_delay_s=0.05,
         transient_retry_delay_s=0.1,
         job_timeout_s=3,  # a killed worker's jobs run again after 3 + 10 s
+        max_tries=25,  # kills and missing parents both spend tries; none may run out here
     )
 
 
@@ -42,13 +46,14 @@ async def producer(settings: Settings) -> AsyncIterator[ArqRedis]:
 
 
 class WorkerProcess:
-    """One ``arq pipeline.WorkerSettings`` process, its output kept in a file."""
+    """One worker process (``arq pipeline.WorkerSettings`` or ``pipeline worker``), its output
+    kept in a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, command: str = "arq") -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [ARQ, "pipeline.WorkerSettings"], env=env, stdout=self._log, stderr=subprocess.STDOUT
+            COMMANDS[command], env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
@@ -65,7 +70,7 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], WorkerProcess]]:
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start worker processes configured like ``settings``; all are killed after the test."""
     env = {
         **os.environ,
@@ -75,12 +80,13 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], Wo
         "PIPELINE_REFERENCE_RETRY_DELAY_S": str(settings.reference_retry_delay_s),
         "PIPELINE_TRANSIENT_RETRY_DELAY_S": str(settings.transient_retry_delay_s),
         "PIPELINE_JOB_TIMEOUT_S": str(settings.job_timeout_s),
+        "PIPELINE_MAX_TRIES": str(settings.max_tries),
         "PIPELINE_LOG_FORMAT": "json",
     }
     started: list[WorkerProcess] = []
 
-    def start() -> WorkerProcess:
-        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log")
+    def start(command: str = "arq") -> WorkerProcess:
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log", command)
         started.append(worker)
         return worker
 

@@ -59,7 +59,7 @@ async def wait_for_progress(engine: AsyncEngine, at_least: int) -> None:
 
 async def test_sigterm_under_load_exits_cleanly_and_loses_nothing(
     producer: ArqRedis,
-    start_worker: Callable[[], WorkerProcess],
+    start_worker: Callable[..., WorkerProcess],
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
@@ -80,7 +80,7 @@ async def test_sigterm_under_load_exits_cleanly_and_loses_nothing(
 
 async def test_sigkill_loses_nothing(
     producer: ArqRedis,
-    start_worker: Callable[[], WorkerProcess],
+    start_worker: Callable[..., WorkerProcess],
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:

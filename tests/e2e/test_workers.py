@@ -49,7 +49,7 @@ async def drained(redis: ArqRedis, queue: str, timeout: float) -> None:
 
 async def test_three_workers_on_overlapping_keys(
     producer: ArqRedis,
-    start_worker: Callable[[], WorkerProcess],
+    start_worker: Callable[..., WorkerProcess],
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
