@@ -28,6 +28,16 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ready(args: argparse.Namespace) -> int:
+    from pipeline.health import readiness
+
+    checks = asyncio.run(readiness(get_settings()))
+    for check in checks:
+        state = "ok" if check.error is None else f"unreachable ({check.error})"
+        print(f"{check.service} {check.target}: {state}")
+    return 0 if all(check.error is None for check in checks) else 1
+
+
 def _demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run
 
@@ -58,6 +68,12 @@ def parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.set_defaults(run=_worker)
+
+    ready = commands.add_parser(
+        "ready",
+        help="exit 0 if PostgreSQL and Redis both answer now, 1 if not (a readiness probe)",
+    )
+    ready.set_defaults(run=_ready)
 
     demo = commands.add_parser(
         "demo",
