@@ -81,6 +81,7 @@ async def test_sigterm_under_load(
     await workload.enqueue(producer)
     await asyncio.sleep(1.0)
     assert await asyncio.to_thread(first.stop, signal.SIGTERM) == 0
+    assert "shutdown on SIGTERM" in first.output()
     assert await producer.zcard(settings.queue_name) > 0, "stop it while work is queued"
     await settle(producer, settings, [start_worker()])
     figures = await workload.check(engine)

@@ -8,14 +8,12 @@ from __future__ import annotations
 import datetime as dt
 import random
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, text
+from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from tree_factory import count_statements
+from tree_factory import captured, count_statements, insert_rows
 
 from pipeline.reads import EventCursor, EventRecord, Page, TaskReads
 from pipeline.schema import metadata
@@ -30,12 +28,6 @@ SECOND = dt.timedelta(seconds=1)
 def reads(engine: AsyncEngine) -> TaskReads:
     """A repository on the test's engine."""
     return TaskReads(engine)
-
-
-async def insert_rows(engine: AsyncEngine, table: Any, rows: list[dict[str, Any]]) -> None:
-    """Insert ``rows`` into ``table`` in one transaction."""
-    async with engine.begin() as conn:
-        await conn.execute(insert(table), rows)
 
 
 def entry(
@@ -172,21 +164,6 @@ async def test_blank_search_returns_nothing_without_querying(
         assert await reads.search_transcripts("  \t\n") == []
         assert await reads.search_transcripts("", task_id="t-1") == []
     assert statements == []
-
-
-@contextmanager
-def captured(engine: AsyncEngine) -> Iterator[list[tuple[str, Any]]]:
-    """Collect the (statement, parameters) pairs sent to the database while the block runs."""
-    sent: list[tuple[str, Any]] = []
-
-    def record(*args: Any) -> None:
-        sent.append((args[2], args[3]))  # (conn, cursor, statement, parameters, context, many)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 async def explain(engine: AsyncEngine, sent: list[tuple[str, Any]]) -> list[str]:

@@ -8,15 +8,13 @@ from __future__ import annotations
 import datetime as dt
 import random
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from operator import itemgetter
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, insert, text
+from sqlalchemy import func, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
-from tree_factory import count_statements
+from tree_factory import captured, count_statements, insert_rows
 
 from pipeline.reads import Page, Verification, VerificationCursor, VerificationReads
 from pipeline.schema import metadata
@@ -35,12 +33,6 @@ FRAMEWORKS = ("fever", "scifact", "vitaminc")
 def reads(engine: AsyncEngine) -> VerificationReads:
     """A repository on the test's engine."""
     return VerificationReads(engine)
-
-
-async def insert_rows(engine: AsyncEngine, table: Any, rows: list[dict[str, Any]]) -> None:
-    """Insert ``rows`` into ``table`` in one transaction."""
-    async with engine.begin() as conn:
-        await conn.execute(insert(table), rows)
 
 
 def result_row(
@@ -89,21 +81,6 @@ def consensus_row(claim_id: str, frameworks: list[str]) -> dict[str, Any]:
 def fields_of(model: Any, row: dict[str, Any]) -> dict[str, Any]:
     """The read model's values of the fields an inserted row set."""
     return {name: getattr(model, name) for name in row}
-
-
-@contextmanager
-def captured(engine: AsyncEngine) -> Iterator[list[tuple[str, Any]]]:
-    """Collect the (statement, parameters) pairs sent to the database while the block runs."""
-    sent: list[tuple[str, Any]] = []
-
-    def record(*args: Any) -> None:
-        sent.append((args[2], args[3]))  # (conn, cursor, statement, parameters, context, many)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 async def test_verifications_for_claim_in_creation_order(

@@ -238,15 +238,30 @@ async def stored_stats(engine: AsyncEngine, project_id: str, node_id: str) -> di
 
 
 @contextmanager
-def count_statements(engine: AsyncEngine) -> Iterator[list[str]]:
-    """Collect the SQL statements sent to the database while the block runs."""
-    statements: list[str] = []
+def captured(engine: AsyncEngine) -> Iterator[list[tuple[str, Any]]]:
+    """Collect the (statement, parameters) pairs sent to the database while the block runs."""
+    sent: list[tuple[str, Any]] = []
 
     def record(*args: Any) -> None:
-        statements.append(args[2])  # (conn, cursor, statement, parameters, context, many)
+        sent.append((args[2], args[3]))  # (conn, cursor, statement, parameters, context, many)
 
     event.listen(engine.sync_engine, "before_cursor_execute", record)
     try:
-        yield statements
+        yield sent
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+@contextmanager
+def count_statements(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The SQL statements sent while the block runs (the list is filled when the block ends)."""
+    statements: list[str] = []
+    with captured(engine) as sent:
+        yield statements
+    statements.extend(statement for statement, _ in sent)
+
+
+async def insert_rows(engine: AsyncEngine, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` into ``table`` in one transaction."""
+    async with engine.begin() as conn:
+        await conn.execute(insert(table), rows)
