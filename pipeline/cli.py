@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 
 from pipeline.settings import get_settings
 
@@ -36,6 +37,12 @@ def _ready(args: argparse.Namespace) -> int:
         state = "ok" if check.error is None else f"unreachable ({check.error})"
         print(f"{check.service} {check.target}: {state}")
     return 0 if all(check.error is None for check in checks) else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pipeline.bench import main as bench
+
+    return bench(args.quick, args.out, args.only)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -83,6 +90,17 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--nodes", type=int, default=3000, help="nodes to grow (default 3000)")
     demo.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     demo.set_defaults(run=_demo)
+
+    bench = commands.add_parser(
+        "bench",
+        help="run every benchmark scenario side by side (minutes); prints ratios to a baseline",
+    )
+    bench.add_argument("--quick", action="store_true", help="tiny sizes: seconds, not minutes")
+    bench.add_argument("--out", type=Path, default=Path("bench-results"), help="JSON/PNG folder")
+    bench.add_argument(
+        "--only", action="append", help="only scenarios whose name contains this (repeatable)"
+    )
+    bench.set_defaults(run=_bench)
 
     from pipeline.cli_dead_letters import add_commands
 

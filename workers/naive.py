@@ -8,11 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from arq import func
-from arq.connections import RedisSettings
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from pipeline.db import create_engine
+from pipeline.db import create_engine, redis_settings
 from pipeline.schema import Node
 from pipeline.serialization import deserialize, serialize
 from pipeline.settings import get_settings
@@ -32,7 +31,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 async def update_scores(
     ctx: dict[str, Any], *, project_id: str, scores: list[dict[str, Any]]
 ) -> int:
-    """Write each score with its own UPDATE, the whole job in one transaction."""
+    """Write each score with its own UPDATE, the whole job in one transaction (what most teams
+    write first: the ORM's statement built per row, one transaction per job)."""
     async with ctx["sessions"].begin() as session:
         for item in scores:
             await session.execute(
@@ -52,7 +52,9 @@ class NaiveWorkerSettings:
     functions = [func(update_scores, name="update_scores")]
     on_startup = startup
     on_shutdown = shutdown
-    redis_settings = RedisSettings.from_dsn(str(_settings.redis_url))
+    redis_settings = redis_settings(str(_settings.redis_url))
     queue_name = _settings.queue_name
+    max_jobs = _settings.db_pool_size + _settings.db_max_overflow  # one connection per job
+    poll_delay = _settings.poll_delay_s
     job_serializer = serialize
     job_deserializer = deserialize
