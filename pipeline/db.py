@@ -26,13 +26,20 @@ def redacted(url: object) -> str:
 
 
 def create_engine(settings: Settings, *, read: bool = False) -> AsyncEngine:
-    """An asyncpg engine sized by settings; ``read=True`` targets the replica if one is set."""
+    """An asyncpg engine sized by settings; ``read=True`` targets the replica if one is set.
+
+    Every statement gets a plan for its own parameters (``plan_cache_mode=force_custom_plan``):
+    the write path sends arrays whose sizes range from one row to thousands, and the generic plan
+    PostgreSQL switches a prepared statement to after five runs cannot see them (measured: 5,000
+    row flushes went from 130 ms to 1.5-2 s on the sixth run). Statements stay prepared.
+    """
     url = settings.read_database_url if read and settings.read_database_url else None
     return create_async_engine(
         async_url(url or settings.database_url),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_recycle=1800,
+        connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
     )
 
 
