@@ -89,6 +89,7 @@ async def seed_nodes(env: Environment, nodes: int) -> None:
             "SELECT 'bench', 'n' || g, 'x' FROM generate_series(0, $1 - 1) g",
             nodes,
         )
+        await conn.execute("ANALYZE nodes")  # a live table has statistics; a fresh one not yet
     finally:
         await conn.close()
 
@@ -181,13 +182,17 @@ async def ceiling(
 
 
 async def latency(name: str, base: Settings, log: Path, *, rate: int, seconds: float) -> Result:
-    """Enqueue one write per job at a steady ``rate`` for ``seconds``; enqueue→commit latency."""
+    """Enqueue one write per job at a steady ``rate`` for ``seconds``; enqueue→commit latency.
+
+    The first second is a warm-up (connections, prepared statements) and is not counted.
+    """
     async with environment(base, log) as env:
         await seed_nodes(env, 1000)
         pool = Workers("pipeline", 1, env.env, log)
         try:
             await wait_until_up(env.redis, env.settings.queue_name)
-            total = int(rate * seconds)
+            warmup = rate
+            total = int(rate * seconds) + warmup
             jobs, started = [], time.perf_counter()
             for i in range(total):
                 due = started + i / rate
@@ -202,7 +207,7 @@ async def latency(name: str, base: Settings, log: Path, *, rate: int, seconds: f
                     )
                 )
             waits = []
-            for job in jobs:
+            for job in jobs[warmup:]:
                 assert job is not None
                 receipt = await job.result(timeout=60, poll_delay=0.05)
                 info = await job.info()
