@@ -219,8 +219,8 @@ async def latency(name: str, base: Settings, log: Path, *, rate: int, seconds: f
         cuts = statistics.quantiles(waits, n=100)
         return Result(
             name,
-            total,
-            total,
+            len(waits),
+            len(waits),
             seconds,
             extra={
                 "p50_ms": round(cuts[49], 2),
