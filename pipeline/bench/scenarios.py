@@ -229,3 +229,48 @@ async def latency(name: str, base: Settings, log: Path, *, rate: int, seconds: f
                 "rate": rate,
             },
         )
+
+
+async def coalesced(
+    name: str, workload: Workload, base: Settings, log: Path, *, producers: int = 200
+) -> Result:
+    """Many concurrent single-write calls through :class:`CoalescingClient`, timed from the
+    first call until every write is committed."""
+    from pipeline.client import PipelineClient
+    from pipeline.coalescing_client import CoalescingClient
+
+    async with environment(base, log) as env:
+        await seed_nodes(env, workload.nodes)
+        items = [job[1]["scores"][0] for job in Workload(workload.updates, workload.nodes).jobs()]
+        pool = Workers("pipeline", 1, env.env, log)
+        try:
+            await wait_until_up(env.redis, env.settings.queue_name)
+            client = CoalescingClient(PipelineClient(env.redis), max_items=500, linger_s=0.005)
+            pool.start_measuring()
+            started = time.perf_counter()
+
+            async def produce(share: list[dict[str, Any]]) -> None:
+                for item in share:
+                    await client.write("update_scores", item, project_id="bench")
+
+            await asyncio.gather(*(produce(items[i::producers]) for i in range(producers)))
+            await client.flush()
+            while await env.redis.zcard(env.settings.queue_name) or await env.redis.keys(
+                "arq:in-progress:*"
+            ):
+                pool.observe()
+                await asyncio.sleep(0.02)
+            seconds = time.perf_counter() - started
+            pool.stop_measuring()
+            jobs = client.jobs_enqueued
+        finally:
+            pool.stop()
+        return Result(
+            name,
+            workload.updates,
+            jobs,
+            seconds,
+            cpu_pct=100 * pool.sample.cpu_s / seconds,
+            peak_rss_mb=pool.sample.peak_rss_mb,
+            extra={"producers": producers, "max_items": 500, "linger_ms": 5},
+        )

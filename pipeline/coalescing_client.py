@@ -1,0 +1,117 @@
+"""Producer-side coalescing: many concurrent single-item writes become a few multi-item jobs.
+
+arq's cost is per job (a few Redis round trips and some Python in the worker), so a producer that
+writes one score at a time pays it per score. :class:`CoalescingClient` buffers the items of
+calls that share a write kind and its other arguments (``project_id``…) and enqueues them as one
+job once ``max_items`` are waiting or ``linger_s`` has passed since the first. Each item is
+validated on its own, so a bad item fails its caller only. A call returns once its job is
+enqueued, or, with ``wait=True``, once its job has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, get_origin
+
+from arq.jobs import Job
+from pydantic import ValidationError
+
+from pipeline.client import PipelineClient, Receipt
+from pipeline.errors import InvalidPayload
+from pipeline.kinds import BY_NAME
+
+Key = tuple[str, tuple[tuple[str, Any], ...]]
+
+
+def items_field(function: str) -> str:
+    """The name of the keyword argument that carries a kind's list of items."""
+    kind = BY_NAME.get(function)
+    if kind is None:
+        raise InvalidPayload(f"unknown write kind {function!r}")
+    lists: list[str] = [
+        n for n, f in kind.payload.model_fields.items() if get_origin(f.annotation) is list
+    ]
+    if len(lists) != 1:
+        raise InvalidPayload(f"{function} does not take a list of items to coalesce")
+    return lists[0]
+
+
+@dataclass
+class _Buffer:
+    items: list[Any] = field(default_factory=list)
+    waiters: list[asyncio.Future[Job]] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+
+class CoalescingClient:
+    """Buffers single-item writes per (kind, shared arguments) and enqueues them together."""
+
+    def __init__(
+        self, client: PipelineClient, *, max_items: int = 500, linger_s: float = 0.005
+    ) -> None:
+        self.client = client
+        self.max_items = max_items
+        self.linger_s = linger_s
+        self._buffers: dict[Key, _Buffer] = {}
+        self._sending: set[asyncio.Task[None]] = set()
+        self.jobs_enqueued = 0
+
+    async def write(
+        self, function: str, item: dict[str, Any], *, wait: bool = False, **shared: Any
+    ) -> Receipt | None:
+        """Add one item; returns when its job is enqueued (or committed, with ``wait``)."""
+        name = items_field(function)
+        try:
+            payload = BY_NAME[function].validate({**shared, name: [item]})
+        except ValidationError as exc:
+            from pipeline.jobs import describe
+
+            raise InvalidPayload(f"{function}: {describe(exc)}") from None
+        dumped = payload.model_dump(mode="json", exclude_unset=True)
+        key: Key = (function, tuple(sorted((k, v) for k, v in dumped.items() if k != name)))
+        buffer = self._buffers.setdefault(key, _Buffer())
+        waiter: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        buffer.items.append(dumped[name][0])
+        buffer.waiters.append(waiter)
+        if len(buffer.items) >= self.max_items:
+            self._send(key)
+        elif buffer.timer is None:
+            buffer.timer = asyncio.get_running_loop().call_later(self.linger_s, self._send, key)
+        job = await waiter
+        if not wait:
+            return None
+        return Receipt.model_validate(await job.result(poll_delay=0.01))
+
+    def _send(self, key: Key) -> None:
+        buffer = self._buffers.pop(key, None)
+        if buffer is None:
+            return
+        if buffer.timer is not None:
+            buffer.timer.cancel()
+        task = asyncio.create_task(self._enqueue(key, buffer))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _enqueue(self, key: Key, buffer: _Buffer) -> None:
+        function, shared = key
+        try:
+            kwargs: dict[str, Any] = {**dict(shared), items_field(function): buffer.items}
+            job = await self.client.redis.enqueue_job(function, **kwargs)
+            if job is None:
+                raise InvalidPayload(f"{function}: job was not enqueued")
+        except Exception as exc:  # every caller of the batch learns why
+            for waiter in buffer.waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        self.jobs_enqueued += 1
+        for waiter in buffer.waiters:
+            if not waiter.done():
+                waiter.set_result(job)
+
+    async def flush(self) -> None:
+        """Enqueue everything buffered now, and wait until it is enqueued."""
+        for key in list(self._buffers):
+            self._send(key)
+        await asyncio.gather(*self._sending, return_exceptions=True)
