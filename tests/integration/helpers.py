@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from arq.jobs import Job, serialize_job
 from arq.utils import timestamp_ms
+from arq.worker import Worker
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -51,3 +53,10 @@ async def redeliver(redis: ArqRedis, job: Job, queue: str) -> None:
     )
     await redis.set(job_key_prefix + job.job_id, data)
     await redis.zadd(queue, {job.job_id: timestamp_ms()})
+
+
+async def stop_worker(worker: Worker, running: asyncio.Task[None]) -> None:
+    """Stop a background worker the way it stops itself: in burst mode it returns once the queue
+    is empty (cancelling it could cut a Redis pipeline short and leave it unclosed)."""
+    worker.burst = True
+    await asyncio.wait_for(running, timeout=60)

@@ -11,7 +11,7 @@ from arq.worker import Worker
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.integration.helpers import results, rows, scalar, seed_tree
+from tests.integration.helpers import results, rows, scalar, seed_tree, stop_worker
 
 
 async def test_many_concurrent_jobs_share_few_transactions(
@@ -70,6 +70,5 @@ async def test_no_job_completes_before_its_rows_are_visible(
 
         seen = await asyncio.gather(*(check(i) for i in range(200)))
     finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
+        await stop_worker(worker, running)
     assert all(seen), f"{seen.count(False)} jobs completed before their rows were visible"

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline import PipelineClient
 from pipeline.coalescing_client import CoalescingClient
-from tests.integration.helpers import scalar, seed_tree
+from tests.integration.helpers import scalar, seed_tree, stop_worker
 
 
 async def test_coalesced_writes_commit_in_few_jobs(
@@ -32,8 +32,7 @@ async def test_coalesced_writes_commit_in_few_jobs(
             )
         )
     finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
+        await stop_worker(worker, running)
     assert all(r is not None for r in receipts)
     assert {r.rows for r in receipts if r is not None} <= {100}
     assert await scalar(engine, "SELECT count(*) FROM nodes WHERE rubric_score = 0.5") == 300
