@@ -103,7 +103,21 @@ def _targets(by_name: dict[str, Result]) -> list[tuple[str, str, bool]]:
     unnest = by_name["6 ceiling: unnest, no queue"].rows_per_s
     p99 = by_name["7 latency at 500 jobs/s"].extra["p99_ms"]
     client = by_name["4 pipeline via the coalescing client"].rows_per_s
+    longest = max(  # the pipeline's own workers, not the reference ones (1 and 2)
+        (
+            r
+            for r in by_name.values()
+            if r.rss_first_quarter_mb and r.rss_last_quarter_mb and r.name[0] not in "12"
+        ),
+        key=lambda r: r.seconds,
+    )
+    first, last = longest.rss_first_quarter_mb or 0.0, longest.rss_last_quarter_mb or 0.0
     return [
+        (
+            f"RSS flat (+-10%) over the longest run ({longest.name})",
+            f"{first:.0f} -> {last:.0f} MB",
+            abs(last - first) <= 0.1 * first,
+        ),
         ("4 ≥ 50,000 rows/s", f"{client:,.0f} rows/s", client >= 50_000),
         ("4 ≥ 25 x 1 (rows/s)", f"{client / naive:.1f} x", client >= 25 * naive),
         ("3 ≥ 0.9 x 2 (jobs/s)", f"{single / floor:.2f} x", single >= 0.9 * floor),
