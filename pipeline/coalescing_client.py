@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, get_origin
 
 from arq.jobs import Job
-from pydantic import ValidationError
 
 from pipeline.client import PipelineClient, Receipt
 from pipeline.errors import InvalidPayload
@@ -62,12 +61,7 @@ class CoalescingClient:
     ) -> Receipt | None:
         """Add one item; returns when its job is enqueued (or committed, with ``wait``)."""
         name = items_field(function)
-        try:
-            payload = BY_NAME[function].validate({**shared, name: [item]})
-        except ValidationError as exc:
-            from pipeline.jobs import describe
-
-            raise InvalidPayload(f"{function}: {describe(exc)}") from None
+        payload = BY_NAME[function].parse({**shared, name: [item]})
         dumped = payload.model_dump(mode="json", exclude_unset=True)
         key: Key = (function, tuple(sorted((k, v) for k, v in dumped.items() if k != name)))
         buffer = self._buffers.setdefault(key, _Buffer())

@@ -30,10 +30,10 @@ from rich.table import Table
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline.client import PipelineClient
+from pipeline.client import PipelineClient, idle
 from pipeline.db import create_engine, redacted
 from pipeline.reads import TaxonomyReads
-from pipeline.settings import Settings, get_settings
+from pipeline.settings import get_settings
 
 PRINCIPLES = ("accuracy", "coverage", "clarity", "novelty")
 RUBRIC = "quality"
@@ -186,12 +186,6 @@ async def committed_nodes(engine: AsyncEngine, project: str) -> int:
         return int((await conn.execute(query, {"p": project})).scalar_one())
 
 
-async def drained(client: PipelineClient, settings: Settings) -> bool:
-    """True once no job is queued or running."""
-    redis = client.redis
-    return not (await redis.zcard(settings.queue_name) or await redis.keys("arq:in-progress:*"))
-
-
 async def grow(search: TreeSearch, engine: AsyncEngine, target: int, console: Console) -> None:
     """Run the search until ``target`` nodes exist and every write is committed."""
     columns = (
@@ -213,7 +207,9 @@ async def grow(search: TreeSearch, engine: AsyncEngine, target: int, console: Co
         while True:
             done = await committed_nodes(engine, search.project)
             progress.update(stored, completed=done)
-            if done >= len(search.nodes) and await drained(search.client, get_settings()):
+            if done >= len(search.nodes) and await idle(
+                search.client.redis, get_settings().queue_name
+            ):
                 return
             await asyncio.sleep(0.1)
 

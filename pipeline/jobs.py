@@ -9,7 +9,6 @@ from typing import Any
 import structlog
 from arq import Retry
 from arq.typing import WorkerCoroutine
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline import dead_letters
@@ -27,16 +26,6 @@ from pipeline.serialization import OVERSIZED
 from pipeline.settings import Settings
 
 log = structlog.get_logger("pipeline.jobs")
-
-
-def describe(error: ValidationError, limit: int = 8) -> str:
-    """A one-line, value-free summary of a pydantic validation error."""
-    parts = [
-        f"{'.'.join(str(p) for p in e['loc']) or '<payload>'}: {e['msg']}"
-        for e in error.errors(include_url=False, include_input=False)[:limit]
-    ]
-    more = error.error_count() - limit
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 class JobRunner:
@@ -94,10 +83,7 @@ class JobRunner:
             raise InvalidPayload(
                 f"{kind.name} takes keyword arguments only, got {len(args)} positional"
             )
-        try:
-            return kind.validate(kwargs)
-        except ValidationError as exc:
-            raise InvalidPayload(f"{kind.name}: {describe(exc)}") from None
+        return kind.parse(kwargs)
 
     def _rows(self, kind: WriteKind[Any], ctx: dict[str, Any], payload: Any) -> list[Row]:
         rows = kind.rows(payload, int(ctx["enqueue_time"].timestamp() * 1000) * 1000)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import platform
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -228,8 +229,6 @@ def report(results: list[Result], quick: bool, out: Path, log: Path, console: Co
 
 
 def _cpus() -> int:
-    import os
-
     return os.cpu_count() or 0
 
 

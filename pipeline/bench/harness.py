@@ -20,7 +20,7 @@ import asyncpg
 from arq.connections import ArqRedis
 from sqlalchemy.engine import make_url
 
-from pipeline.client import create_pool
+from pipeline.client import create_pool, idle
 from pipeline.migrate import upgrade
 from pipeline.settings import Settings
 
@@ -195,7 +195,7 @@ async def drain(env: Environment, workers: Workers, timeout_s: float) -> float:
     started = time.perf_counter()
     await release(redis, queue)
     deadline = started + timeout_s
-    while await redis.zcard(queue) or await redis.keys("arq:in-progress:*"):
+    while not await idle(redis, queue):
         if time.perf_counter() > deadline:
             raise TimeoutError(f"the queue did not drain within {timeout_s:.0f} s")
         workers.observe()

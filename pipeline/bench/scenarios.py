@@ -236,7 +236,7 @@ async def coalesced(
 ) -> Result:
     """Many concurrent single-write calls through :class:`CoalescingClient`, timed from the
     first call until every write is committed."""
-    from pipeline.client import PipelineClient
+    from pipeline.client import PipelineClient, idle
     from pipeline.coalescing_client import CoalescingClient
 
     async with environment(base, log) as env:
@@ -255,9 +255,7 @@ async def coalesced(
 
             await asyncio.gather(*(produce(items[i::producers]) for i in range(producers)))
             await client.flush()
-            while await env.redis.zcard(env.settings.queue_name) or await env.redis.keys(
-                "arq:in-progress:*"
-            ):
+            while not await idle(env.redis, env.settings.queue_name):
                 pool.observe()
                 await asyncio.sleep(0.02)
             seconds = time.perf_counter() - started

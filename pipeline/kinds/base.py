@@ -17,13 +17,25 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from pipeline.errors import InvalidPayload
 
 Row = tuple[Any, ...]
 Merge = Callable[[Row, Row], Row]
 P = TypeVar("P", bound=BaseModel)
+
+
+def describe(error: ValidationError, limit: int = 8) -> str:
+    """A one-line, value-free summary of a pydantic validation error."""
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or '<payload>'}: {e['msg']}"
+        for e in error.errors(include_url=False, include_input=False)[:limit]
+    ]
+    more = error.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 def keep_first(old: Row, new: Row) -> Row:
@@ -145,6 +157,13 @@ class WriteKind(Generic[P]):
     def validate(self, kwargs: dict[str, Any]) -> P:
         """The payload, or pydantic's ValidationError."""
         return self.adapter.validate_python(kwargs)
+
+    def parse(self, kwargs: dict[str, Any]) -> P:
+        """The payload, or :class:`InvalidPayload` with a one-line, value-free reason."""
+        try:
+            return self.validate(kwargs)
+        except ValidationError as exc:
+            raise InvalidPayload(f"{self.name}: {describe(exc)}") from None
 
     @staticmethod
     def urgent(payload: BaseModel) -> bool:

@@ -15,6 +15,7 @@ from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pipeline.client import idle
 from pipeline.settings import Settings
 from tests.e2e.conftest import WorkerProcess
 from tests.integration.helpers import rows, scalar
@@ -42,7 +43,7 @@ async def deadlocks(engine: AsyncEngine) -> int:
 async def drained(redis: ArqRedis, queue: str, timeout: float) -> None:
     """Wait until the queue is empty and no job is in progress (without polling every job)."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while await redis.zcard(queue) or await redis.keys("arq:in-progress:*"):
+    while not await idle(redis, queue):
         assert asyncio.get_running_loop().time() < deadline, "the queue did not drain in time"
         await asyncio.sleep(0.2)
 
