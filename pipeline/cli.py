@@ -70,8 +70,8 @@ def parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser(
         "worker",
-        help="run a worker (like arq pipeline.WorkerSettings, and it survives Redis dropping "
-        "its connections)",
+        help="run a worker: arq's, claiming and finishing jobs in batches, surviving Redis "
+        "dropping its connections (arq pipeline.WorkerSettings runs stock arq instead)",
     )
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.set_defaults(run=_worker)
@@ -105,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
     from pipeline.cli_dead_letters import add_commands
 
     add_commands(commands)
+    from pipeline import cli_ops
+
+    cli_ops.add_commands(commands)
     return root
 
 

@@ -3,7 +3,10 @@ and URLs fit for logs."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from arq.connections import RedisSettings
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -43,11 +46,42 @@ def create_engine(settings: Settings, *, read: bool = False) -> AsyncEngine:
     )
 
 
-def redis_settings(url: str) -> RedisSettings:
+def redis_settings(
+    url: str, sentinels: Sequence[str] = (), sentinel_master: str = "mymaster"
+) -> RedisSettings:
     """arq's Redis settings for ``url``, reconnecting and retrying a command when a connection
-    drops (commands and MULTI/EXEC transactions; a WATCH cannot be retried, see PipelineWorker)."""
+    drops (commands and MULTI/EXEC transactions; a WATCH cannot be retried, see claiming.py).
+
+    With ``sentinels`` (``host:port`` each), Redis Sentinel names the primary of
+    ``sentinel_master`` and the URL gives only the database number and the password."""
     settings = RedisSettings.from_dsn(url)
+    if sentinels:
+        settings.host = [_host_port(s) for s in sentinels]
+        settings.sentinel = True
+        settings.sentinel_master = sentinel_master
     settings.retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8)
     settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionError]
     settings.retry_on_timeout = True
     return settings
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"a sentinel address is host:port, got {address!r}")
+    return host, int(port)
+
+
+def queue_redis(settings: Settings, url: str | None = None) -> RedisSettings:
+    """The Redis settings of the arq queue that ``settings`` configure (URL, Sentinel)."""
+    return redis_settings(
+        url or str(settings.redis_url), settings.redis_sentinels, settings.redis_sentinel_master
+    )
+
+
+async def close_sentinels(redis: Redis) -> None:
+    """Close the connections to the Sentinels behind ``redis`` (after ``redis.aclose()``): arq
+    asks them for the primary through a client it never closes."""
+    manager = getattr(redis.connection_pool, "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        await sentinel.aclose()

@@ -14,7 +14,7 @@ from typing import Any
 from arq import create_pool
 from sqlalchemy import text
 
-from pipeline.db import create_engine, redacted, redis_settings
+from pipeline.db import close_sentinels, create_engine, queue_redis, redacted
 from pipeline.settings import Settings
 
 TIMEOUT_S = 3.0
@@ -39,7 +39,7 @@ async def _postgres(settings: Settings) -> None:
 
 
 async def _redis(settings: Settings) -> None:
-    config = redis_settings(str(settings.redis_url))
+    config = queue_redis(settings)
     config.conn_retries = 0
     config.retry = None
     redis = await create_pool(config)
@@ -47,6 +47,7 @@ async def _redis(settings: Settings) -> None:
         await redis.ping()
     finally:
         await redis.aclose()
+        await close_sentinels(redis)
 
 
 async def _check(service: str, target: str, probe: Coroutine[Any, Any, None]) -> Check:

@@ -3,13 +3,19 @@
 JSON lines when stderr is not a terminal (or ``PIPELINE_LOG_FORMAT=json``), readable colours
 otherwise. arq's per-job INFO lines are dropped: at thousands of jobs a second they cost more
 than the jobs; the pipeline logs one line per flushed batch instead.
+
+Every line a worker writes carries its ``worker_id`` (:func:`bind_worker`), so the lines of many
+replicas can be told apart once they are collected in one place.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
+import uuid
+from typing import Any
 
 import structlog
 
@@ -60,6 +66,26 @@ def configure(level: str = "INFO") -> None:
         arq_logger = logging.getLogger(name)
         arq_logger.handlers.clear()
         arq_logger.propagate = True
+
+
+def worker_id(ctx: dict[str, Any]) -> str:
+    """The worker's id (``host-pid-random``), made once and kept in ``ctx["worker_id"]``, so
+    every part of start-up that needs one (logs, metrics, ``pipeline status``) shares it."""
+    if not ctx.get("worker_id"):
+        ctx["worker_id"] = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    return str(ctx["worker_id"])
+
+
+def bind_worker(ctx: dict[str, Any]) -> str:
+    """Put the worker's id (:func:`worker_id`) on every log line written from this context on,
+    and return it.
+
+    structlog's context variables are copied into every task created afterwards (the flusher,
+    each job), which is how their lines carry it too.
+    """
+    worker = worker_id(ctx)
+    structlog.contextvars.bind_contextvars(worker_id=worker)
+    return worker
 
 
 def _identity(

@@ -26,6 +26,14 @@ class Settings(BaseSettings):
     redis_url: RedisDsn = Field(
         default=RedisDsn("redis://127.0.0.1:6379/0"), description="Redis holding the arq queue."
     )
+    redis_sentinels: list[str] = Field(
+        default_factory=list,
+        description='Redis Sentinel addresses, JSON: ["host:port", …]; the URL then gives only '
+        "the database number and the password.",
+    )
+    redis_sentinel_master: str = Field(
+        default="mymaster", description="The Sentinel service name of the Redis primary."
+    )
     queue_name: str = Field(default="pipeline:queue", description="arq queue name.")
 
     db_pool_size: int = Field(default=4, ge=1, description="Connections kept in the pool.")
@@ -35,12 +43,23 @@ class Settings(BaseSettings):
         default=1000, ge=1, description="Jobs one worker runs at once; batches form from these."
     )
     batch_max_rows: int = Field(default=5000, ge=1, description="Rows per flushed batch, at most.")
+    flushers: int = Field(
+        default=2,
+        ge=1,
+        description="Batches one worker commits at once (each on its own connection).",
+    )
     job_max_items: int = Field(default=5000, ge=1, description="Items one job may carry.")
     job_max_bytes: int = Field(
         default=1_048_576, ge=1024, description="Size of one serialized job, at most."
     )
     job_timeout_s: int = Field(
         default=20, ge=1, description="arq job timeout; a killed worker's jobs rerun after +10 s."
+    )
+    job_expiry_s: int = Field(
+        default=7 * 86_400,
+        ge=60,
+        description="How long a job waits in Redis past its due time before arq drops it "
+        "(producers made by pipeline.create_pool).",
     )
     max_tries: int = Field(default=8, ge=2, description="Tries per job before it is dead-lettered.")
     reference_retry_delay_s: float = Field(
@@ -61,6 +80,17 @@ class Settings(BaseSettings):
         default=100_000, ge=0, description="Principle scores kept in the read-side cache."
     )
     log_level: str = Field(default="INFO", description="Log level of the pipeline's loggers.")
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Port of the worker's /metrics and /ready endpoint; off when unset (0: any).",
+    )
+    metrics_host: str = Field(
+        # Every interface: Prometheus and probes reach a container's worker from outside it.
+        default="0.0.0.0",  # noqa: S104
+        description="Interface the metrics endpoint listens on.",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -6,57 +6,15 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+from pathlib import Path
 
-import pytest
+from arq.worker import Worker
 from sqlalchemy.engine import make_url
 
 from pipeline.health import readiness
 from pipeline.settings import Settings
-
-
-class Proxy:
-    """A TCP proxy to PostgreSQL that the test can take down and bring back on the same port."""
-
-    def __init__(self) -> None:
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self.links: set[asyncio.StreamWriter] = set()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 5432)
-        self.links.update({writer, up_writer})
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    async def up(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def down(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for link in self.links:
-            link.close()
-        await self.server.wait_closed()
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[Proxy]:
-    proxy = Proxy()
-    await proxy.up()
-    yield proxy
-    if proxy.server is not None and proxy.server.is_serving():
-        await proxy.down()
+from tests.integration.helpers import Proxy, stop_worker
 
 
 async def test_readiness_flips_while_postgres_is_unreachable_and_recovers(
@@ -96,3 +54,33 @@ def test_the_cli_exit_code_and_no_password_in_its_output(settings: Settings) -> 
     assert down.returncode == 1
     assert down.stdout.count("unreachable") == 2
     assert "s3cret" not in down.stdout + down.stderr and "hunter2" not in down.stdout + down.stderr
+
+
+async def test_arq_check_sees_a_live_pipeline_worker(
+    settings: Settings, make_worker: Callable[..., Worker]
+) -> None:
+    """Liveness: ``arq --check pipeline.WorkerSettings`` passes while a worker (here the batch
+    worker) polls the queue, and fails once it has shut down."""
+    env = {
+        **os.environ,
+        "PIPELINE_REDIS_URL": str(settings.redis_url),
+        "PIPELINE_QUEUE_NAME": settings.queue_name,
+    }
+    arq = [str(Path(sys.executable).with_name("arq")), "--check", "pipeline.WorkerSettings"]
+
+    def check() -> int:
+        return subprocess.run(arq, env=env, capture_output=True, timeout=60).returncode
+
+    assert await asyncio.to_thread(check) == 1  # no worker yet
+    worker = make_worker(burst=False)
+    running = asyncio.create_task(worker.main())
+    try:
+        for _ in range(100):
+            if worker._pool is not None and await worker.pool.exists(worker.health_check_key):
+                break
+            await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(check) == 0
+    finally:
+        await stop_worker(worker, running)
+        await worker.close()
+    assert await asyncio.to_thread(check) == 1

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from pipeline import logs
 from pipeline.db import redacted
 
 
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    """The root logger, its handlers put back afterwards: ``logs.configure`` installs one that
+    writes to this test's captured stderr, closed once the test ends."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield root
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_logger")
 def test_arq_job_lines_are_dropped_but_failures_kept(capfd: pytest.CaptureFixture[str]) -> None:
     logs.configure("INFO")
     arq_records = logging.getLogger("arq.worker")
@@ -27,3 +43,15 @@ def test_urls_are_logged_without_their_password() -> None:
     url = "postgresql+asyncpg://svc:s3cret@db.internal:5432/pipeline"
     assert redacted(url) == "postgresql+asyncpg://svc:***@db.internal:5432/pipeline"
     assert "s3cret" not in redacted("redis://:s3cret@cache:6379/0")
+
+
+def test_a_worker_id_is_made_once_and_put_on_every_line() -> None:
+    ctx: dict[str, object] = {}
+    try:
+        worker_id = logs.bind_worker(ctx)
+        assert logs.bind_worker(ctx) == worker_id == ctx["worker_id"]
+        assert structlog.contextvars.get_contextvars()["worker_id"] == worker_id
+    finally:
+        structlog.contextvars.clear_contextvars()
+    host, pid, suffix = worker_id.rsplit("-", 2)
+    assert host == socket.gethostname() and pid == str(os.getpid()) and len(suffix) == 6

@@ -1,0 +1,121 @@
+"""The worker's HTTP endpoint: ``/metrics`` for Prometheus, ``/ready`` for orchestrators.
+
+It runs on the worker's own event loop (``asyncio.start_server``), so ``/ready`` can await the
+same checks as ``pipeline ready`` and a scrape can read the queue depth from Redis; answering at
+all also shows the worker's loop is not stuck. HTTP is kept to what probes and Prometheus need:
+one ``GET`` (or ``HEAD``) per connection, answered and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from prometheus_client import generate_latest
+from redis.asyncio import Redis
+
+from pipeline import metrics
+from pipeline.health import readiness
+from pipeline.settings import Settings
+
+log = structlog.get_logger("pipeline.endpoint")
+
+# The text format prometheus_client's generate_latest writes (every Prometheus version reads it).
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+REQUEST_TIMEOUT_S = 5.0
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+
+
+class Endpoint:
+    """Serves ``/metrics`` and ``/ready`` for one worker until :meth:`close`."""
+
+    def __init__(self, settings: Settings, redis: Redis | None) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on ``host:port`` (port 0: any free port, then found in :attr:`port`)."""
+        self._server = await asyncio.start_server(self._handle, host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        """Stop listening and end the connections still open (a probe waiting on a check)."""
+        if self._server is None:
+            return
+        self._server.close()
+        for handler in list(self._handlers):
+            handler.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            status, content_type, body = await self._answer(reader)
+            head = (
+                f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            pass  # the client went away or never sent a request: nothing to answer
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes]:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+            method, target, _version = head.split(b"\r\n", 1)[0].decode("ascii").split(" ")
+        except (asyncio.LimitOverrunError, UnicodeDecodeError, ValueError):
+            return 400, "text/plain", b"bad request\n"
+        path = target.split("?", 1)[0]
+        if path not in ("/metrics", "/ready"):
+            return 404, "text/plain", b"not found: try /metrics or /ready\n"
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"GET or HEAD\n"
+        answer = self._metrics() if path == "/metrics" else self._ready()
+        status, content_type, body = await answer
+        return status, content_type, b"" if method == "HEAD" else body
+
+    async def _metrics(self) -> tuple[int, str, bytes]:
+        if self.redis is not None:
+            await metrics.sample_queue_depth(self.redis, self.settings.queue_name)
+        return 200, METRICS_CONTENT_TYPE, generate_latest(metrics.REGISTRY)
+
+    async def _ready(self) -> tuple[int, str, bytes]:
+        checks = await readiness(self.settings)
+        lines = [
+            f"{c.service} {c.target}: {'ok' if c.error is None else f'unreachable ({c.error})'}"
+            for c in checks
+        ]
+        ready = all(c.error is None for c in checks)
+        if not ready:
+            log.warning("not ready", **{c.service: c.error for c in checks if c.error})
+        body = ("\n".join(lines) + "\n").encode()
+        return 200 if ready else 503, "text/plain; charset=utf-8", body
+
+
+async def start(settings: Settings, redis: Redis | None) -> Endpoint | None:
+    """Start the endpoint if ``metrics_port`` is set (``PIPELINE_METRICS_PORT``), else None."""
+    if settings.metrics_port is None:
+        return None
+    endpoint = Endpoint(settings, redis)
+    await endpoint.start(settings.metrics_host, settings.metrics_port)
+    return endpoint

@@ -1,0 +1,176 @@
+"""The deployment files agree with the code: the compose file keeps its healthchecks, Redis's
+append-only file and the migration, Prometheus scrapes the port the workers serve, and every
+metric a dashboard or an alert reads is one the worker exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline import metrics
+from pipeline.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+# What Prometheus itself provides: scrape health.
+BUILT_IN = {"up"}
+PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = load_yaml(ROOT / "docker-compose.yml")
+    return loaded
+
+
+def metric_names_in(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (functions, labels, keywords left out)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges and subqueries
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    expr = re.sub(r"\$\w+", "", expr)  # Grafana variables such as $__rate_interval
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
+        rest = expr[match.end() :].lstrip()
+        word = match.group()
+        if rest.startswith("(") or word.lower() in PROMQL_WORDS:
+            continue  # a function or aggregation, or a keyword
+        names.add(word)
+    return names
+
+
+def dashboard_exprs() -> list[str]:
+    exprs = []
+    for path in sorted((DEPLOY / "grafana" / "dashboards").glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            exprs += [target["expr"] for target in panel.get("targets", [])]
+    return exprs
+
+
+def alert_exprs() -> list[str]:
+    rules = load_yaml(DEPLOY / "prometheus" / "alerts.yml")
+    return [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+
+
+def test_the_metric_name_parser() -> None:
+    expr = (
+        'histogram_quantile(0.95, sum by (le) (rate(pipeline_batch_rows_bucket{job="x"}'
+        "[$__rate_interval]))) / on (instance) time() - max(pipeline_queue_depth[5m:1m]) "
+        "and up == 0"
+    )
+    assert metric_names_in(expr) == {"pipeline_batch_rows_bucket", "pipeline_queue_depth", "up"}
+
+
+def test_every_metric_a_dashboard_or_alert_reads_is_exported() -> None:
+    exported = metrics.metric_names()
+    exprs = dashboard_exprs() + alert_exprs()
+    assert len(exprs) >= 10
+    read = set().union(*(metric_names_in(e) for e in exprs))
+    assert read - exported - BUILT_IN == set()
+    assert all(metric_names_in(e) for e in exprs)  # each expression reads something
+
+
+def test_every_metric_is_prefixed_and_on_the_dashboard() -> None:
+    ours = {n for n in metrics.metric_names() if not n.startswith("process_")}
+    assert all(n.startswith("pipeline_") for n in ours)
+    read = set().union(*(metric_names_in(e) for e in dashboard_exprs()))
+    families = {re.sub(r"_(bucket|sum|count)$", "", n) for n in read}
+    assert {re.sub(r"_(bucket|sum|count)$", "", n) for n in ours} <= families
+
+
+def test_the_dashboard_has_the_panels_operators_need() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "pipeline.json").read_text())
+    titles = " | ".join(panel["title"].lower() for panel in dashboard["panels"])
+    for topic in (
+        "throughput by kind",
+        "jobs by outcome",
+        "batch size",
+        "flush latency",
+        "queue depth",
+        "dead letters",
+        "in flight",
+        "last flush age",
+    ):
+        assert topic in titles
+    assert any("histogram_quantile" in e for e in dashboard_exprs())
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    datasource = load_yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml")
+    uids = {source["uid"] for source in datasource["datasources"]}
+    assert {panel["datasource"]["uid"] for panel in dashboard["panels"]} <= uids
+
+
+def test_compose_keeps_its_healthchecks_aof_and_migration(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
+    assert services["redis"]["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
+    command = services["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert services["migrate"]["command"][:2] == ["pipeline", "migrate"]
+    worker = services["worker"]
+    assert worker["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    assert "/ready" in " ".join(worker["healthcheck"]["test"])
+
+
+def test_workers_scale_and_serve_the_port_prometheus_scrapes(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    assert "ports" not in worker  # a fixed host port would stop a second replica
+    port = int(worker["environment"]["PIPELINE_METRICS_PORT"])
+    settings = Settings(metrics_port=worker["environment"]["PIPELINE_METRICS_PORT"])
+    assert settings.metrics_port == port
+    assert str(port) in worker["expose"]
+    assert f":{port}/ready" in " ".join(worker["healthcheck"]["test"])
+
+    prometheus = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
+    (job,) = prometheus["scrape_configs"]
+    (discovery,) = job["dns_sd_configs"]
+    assert discovery["names"] == ["worker"] and discovery["port"] == port
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+
+
+def test_the_monitoring_profile(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"]
+    for name in ("postgres", "redis", "migrate", "worker"):
+        assert "profiles" not in services[name]  # the default stack needs no profile
+
+    mounts = {m.split(":")[0]: m.split(":")[1] for m in services["prometheus"]["volumes"]}
+    assert mounts["./deploy/prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    assert (
+        mounts["./deploy/prometheus/alerts.yml"]
+        in load_yaml(DEPLOY / "prometheus" / "prometheus.yml")["rule_files"]
+    )
+
+    grafana = {m.split(":")[0]: m.split(":")[1] for m in services["grafana"]["volumes"]}
+    assert grafana["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    providers = load_yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "pipeline.yml")
+    (provider,) = providers["providers"]
+    assert grafana["./deploy/grafana/dashboards"] == provider["options"]["path"]
+    for mount in grafana:
+        if mount.startswith("./"):
+            assert (ROOT / mount).exists()

@@ -1,0 +1,17 @@
+"""The README's settings table names every setting, so operators never have to read the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.settings import Settings
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    table = [line for line in README.read_text().splitlines() if line.startswith("| `PIPELINE_")]
+    documented = " ".join(table)
+    missing = [f"PIPELINE_{n.upper()}" for n in Settings.model_fields]
+    missing = [env for env in missing if f"`{env}`" not in documented]
+    assert not missing, f"settings missing from the README's table: {missing}"
