@@ -15,7 +15,7 @@ from arq.connections import ArqRedis
 from arq.jobs import Job
 from pydantic import BaseModel
 
-from pipeline.db import redis_settings
+from pipeline.db import close_sentinels, queue_redis
 from pipeline.errors import InvalidPayload
 from pipeline.kinds import BY_NAME
 from pipeline.serialization import deserialize, serialize
@@ -34,19 +34,31 @@ class Receipt(BaseModel):
 async def create_pool(
     redis_url: str | None = None, *, settings: Settings | None = None
 ) -> ArqRedis:
-    """An ``ArqRedis`` using msgpack and the pipeline's queue, ready for ``enqueue_job``."""
+    """An ``ArqRedis`` using msgpack and the pipeline's queue, ready for ``enqueue_job``.
+
+    Its jobs stay in Redis for ``job_expiry_s`` past when they are due (arq's default is a day,
+    after which a job no worker has started is dropped: an outage longer than that would lose
+    writes)."""
     settings = settings or get_settings()
     return await arq_create_pool(
-        redis_settings(redis_url or str(settings.redis_url)),
+        queue_redis(settings, redis_url),
         job_serializer=serialize,
         job_deserializer=deserialize,
         default_queue_name=settings.queue_name,
+        expires_extra_ms=settings.job_expiry_s * 1000,
     )
 
 
 async def idle(redis: ArqRedis, queue_name: str) -> bool:
-    """True when no job waits in ``queue_name`` and none is in progress anywhere."""
-    return not (await redis.zcard(queue_name) or await redis.keys("arq:in-progress:*"))
+    """True when no job waits in ``queue_name`` and none is in progress anywhere.
+
+    arq keeps a job in its queue until it finishes, so the count usually decides; the in-progress
+    keys are looked for with SCAN (never KEYS, which blocks a Redis shared with others)."""
+    if await redis.zcard(queue_name):
+        return False
+    async for _ in redis.scan_iter(match="arq:in-progress:*", count=1000):
+        return False
+    return True
 
 
 class PipelineClient:
@@ -63,8 +75,9 @@ class PipelineClient:
         return cls(await create_pool(redis_url, settings=settings))
 
     async def close(self) -> None:
-        """Close the pool."""
+        """Close the pool (and its connections to Redis Sentinels, if any)."""
         await self.redis.aclose()
+        await close_sentinels(self.redis)
 
     async def enqueue(self, function: str, /, **payload: Any) -> Job:
         """Validate ``payload`` for ``function`` and enqueue it; raises :class:`InvalidPayload`."""

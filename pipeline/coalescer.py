@@ -34,6 +34,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from pipeline import metrics
 from pipeline.errors import DataError, MissingReference, PipelineError, TransientError, classify
 from pipeline.kinds.base import Invalidation, Row, Target
 
@@ -67,6 +68,7 @@ class Flush:
     transactions: int = 0
     retries: int = 0
     outcomes: dict[Submission, Receipt | PipelineError] = field(default_factory=dict)
+    batch_ids: list[str] = field(default_factory=list)  # of the transactions that committed
 
 
 class Coalescer:
@@ -79,6 +81,7 @@ class Coalescer:
         max_rows: int,
         transient_retries: int,
         backoff_s: float,
+        flushers: int = 1,
     ) -> None:
         self._engine = engine
         self._max_rows = max_rows
@@ -91,23 +94,27 @@ class Coalescer:
         )
         self._pending: deque[Submission] = deque()
         self._wakeup = asyncio.Event()
-        self._flushing = False
-        self._task: asyncio.Task[None] | None = None
+        self._flushing = 0
+        self._flushers = flushers
+        self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0
         self.last_flush: dict[str, Any] | None = None
 
     def start(self) -> None:
-        """Start the flusher task."""
-        self._task = asyncio.create_task(self._run(), name="pipeline-flusher")
+        """Start the flusher tasks."""
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"pipeline-flusher-{i}")
+            for i in range(self._flushers)
+        ]
 
     async def close(self) -> None:
         """Flush everything pending, then stop the flusher."""
         while self._pending or self._flushing:
             self._wakeup.set()
             await asyncio.sleep(0.005)
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def submit(
         self, job_id: str, kind: str, target: Target, rows: list[Row], *, urgent: bool = False
@@ -134,14 +141,14 @@ class Coalescer:
             batch = self._take()
             if not batch:
                 continue
-            self._flushing = True
+            self._flushing += 1
             try:
                 await self._flush(batch)
             except Exception as exc:  # never let the flusher die: fail the batch, keep going
                 log.exception("flush failed unexpectedly", jobs=len(batch))
                 _settle({s: TransientError(f"flush failed: {exc!r}") for s in batch})
             finally:
-                self._flushing = False
+                self._flushing -= 1
 
     def _take(self) -> list[Submission]:
         """The next batch: pending submissions in order, up to the row cap (at least one).
@@ -170,16 +177,21 @@ class Coalescer:
         self.batches += 1
         failed = [type(o).__name__ for o in flush.outcomes.values() if isinstance(o, Exception)]
         self.last_flush = {
+            "batch_id": flush.batch_ids[0] if flush.batch_ids else None,
             "jobs": len(batch),
             "rows": sum(len(s.rows) for s in batch),
             "kinds": sorted({s.kind for s in batch}),
             "transactions": flush.transactions,
             "retries": flush.retries,
             "failed": len(failed),
+            "written": _written(flush.outcomes),
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
             "at": dt.datetime.now(dt.UTC).isoformat(),
         }
+        if len(flush.batch_ids) > 1:  # split to isolate a bad job: each part has its own id
+            self.last_flush["batch_ids"] = flush.batch_ids
         log.info("batch flushed", **self.last_flush)
+        metrics.flushed(self.last_flush, failed)
 
     async def _commit_isolating(self, subs: list[Submission], flush: Flush) -> None:
         """Commit ``subs``; on a data error, split until the failing job is alone."""
@@ -197,6 +209,7 @@ class Coalescer:
             flush.outcomes.update(dict.fromkeys(subs, exc))
             return
         committed_at = dt.datetime.now(dt.UTC).isoformat()
+        flush.batch_ids.append(batch_id)
         for sub in subs:
             unresolved = _unresolved(sub, missing)
             if unresolved:
@@ -249,6 +262,15 @@ class Coalescer:
 def _log_retry(state: RetryCallState) -> None:
     error = state.outcome.exception() if state.outcome else None
     log.warning("batch retry", attempt=state.attempt_number, error=str(error))
+
+
+def _written(outcomes: dict[Submission, Receipt | PipelineError]) -> dict[str, int]:
+    """Rows committed by kind (a job that failed wrote none)."""
+    written: dict[str, int] = defaultdict(int)
+    for sub, outcome in outcomes.items():
+        if not isinstance(outcome, Exception):
+            written[sub.kind] += len(sub.rows)
+    return dict(written)
 
 
 def _unresolved(sub: Submission, missing: dict[Target, set[Row]]) -> list[Row]:

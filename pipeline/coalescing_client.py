@@ -11,18 +11,22 @@ enqueued, or, with ``wait=True``, once its job has committed.
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field
-from typing import Any, get_origin
+from typing import Any, get_args, get_origin
 
 from arq.jobs import Job
+from pydantic import TypeAdapter, ValidationError
 
 from pipeline.client import PipelineClient, Receipt
 from pipeline.errors import InvalidPayload
 from pipeline.kinds import BY_NAME
+from pipeline.kinds.base import describe
 
 Key = tuple[str, tuple[tuple[str, Any], ...]]
 
 
+@functools.cache
 def items_field(function: str) -> str:
     """The name of the keyword argument that carries a kind's list of items."""
     kind = BY_NAME.get(function)
@@ -34,6 +38,14 @@ def items_field(function: str) -> str:
     if len(lists) != 1:
         raise InvalidPayload(f"{function} does not take a list of items to coalesce")
     return lists[0]
+
+
+@functools.cache
+def _item_adapter(function: str) -> TypeAdapter[Any]:
+    """Validates one item of a kind's list, without the payload around it."""
+    annotation = BY_NAME[function].payload.model_fields[items_field(function)].annotation
+    (item,) = get_args(annotation)
+    return TypeAdapter(item)
 
 
 @dataclass
@@ -54,6 +66,7 @@ class CoalescingClient:
         self.linger_s = linger_s
         self._buffers: dict[Key, _Buffer] = {}
         self._sending: set[asyncio.Task[None]] = set()
+        self._checked: set[Key] = set()  # (kind, shared arguments) already validated
         self.jobs_enqueued = 0
 
     async def write(
@@ -61,12 +74,28 @@ class CoalescingClient:
     ) -> Receipt | None:
         """Add one item; returns when its job is enqueued (or committed, with ``wait``)."""
         name = items_field(function)
-        payload = BY_NAME[function].parse({**shared, name: [item]})
-        dumped = payload.model_dump(mode="json", exclude_unset=True)
-        key: Key = (function, tuple(sorted((k, v) for k, v in dumped.items() if k != name)))
+        key: Key = (function, tuple(sorted(shared.items())))
+        try:
+            known = key in self._checked
+        except TypeError:  # an unhashable shared argument: normalise it through the model
+            known = False
+            payload = BY_NAME[function].parse({**shared, name: [item]})
+            dumped = payload.model_dump(mode="json", exclude_unset=True)
+            key = (function, tuple(sorted((k, v) for k, v in dumped.items() if k != name)))
+        if known:
+            # The shared arguments passed once already: only the new item needs checking.
+            try:
+                _item_adapter(function).validate_python(item)
+            except ValidationError as exc:
+                raise InvalidPayload(f"{function}: {describe(exc, at=(name, 0))}") from None
+        else:
+            BY_NAME[function].parse({**shared, name: [item]})
+            if len(self._checked) >= 10_000:
+                self._checked.clear()
+            self._checked.add(key)
         buffer = self._buffers.setdefault(key, _Buffer())
         waiter: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
-        buffer.items.append(dumped[name][0])
+        buffer.items.append(item)  # as given: the serializer and the worker take it as it is
         buffer.waiters.append(waiter)
         if len(buffer.items) >= self.max_items:
             self._send(key)

@@ -96,7 +96,7 @@ async def record(
     """Store (or refresh) the dead letter of a job; recording the same job twice keeps one row."""
     params = {
         "error_class": type(error).__name__,
-        "error_message": str(error)[:4000],
+        "error_message": _text(str(error)[:4000]),
         "tries": tries,
     }
     original = replayed_from(job_id)
@@ -107,8 +107,19 @@ async def record(
                 return
         await conn.execute(
             _RECORD,
-            {**params, "job_id": job_id, "function": function, "payload": payload_json(payload)},
+            {
+                **params,
+                "job_id": _text(job_id),
+                "function": _text(function),
+                "payload": payload_json(payload),
+            },
         )
+
+
+def _text(value: str) -> str:
+    """``value`` as PostgreSQL text can hold it: a NUL (which a validation message may quote
+    from the payload) is written out."""
+    return value.replace("\x00", "\\x00")
 
 
 async def resolve(engine: AsyncEngine, job_id: str) -> None:

@@ -11,7 +11,7 @@ from arq import Retry
 from arq.typing import WorkerCoroutine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline import dead_letters
+from pipeline import dead_letters, metrics
 from pipeline.coalescer import Coalescer, Receipt
 from pipeline.errors import (
     DataError,
@@ -45,7 +45,25 @@ class JobRunner:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Receipt:
-        """Validate, write and settle one job."""
+        """Validate, write and settle one job, and count what became of it."""
+        metrics.IN_FLIGHT.count += 1
+        try:
+            receipt = await self._run(kind, ctx, args, kwargs)
+        except Exception as exc:
+            metrics.job_finished(kind.name, _outcome(exc))
+            raise
+        finally:
+            metrics.IN_FLIGHT.count -= 1
+        metrics.job_finished(kind.name, "completed")
+        return receipt
+
+    async def _run(
+        self,
+        kind: WriteKind[Any],
+        ctx: dict[str, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Receipt:
         try:
             payload = self._validate(kind, args, kwargs)
             rows = self._rows(kind, ctx, payload)
@@ -53,12 +71,10 @@ class JobRunner:
             await self._dead_letter(kind, ctx, kwargs, exc)
             raise
         try:
-            receipt = await asyncio.wait_for(
-                self.coalescer.submit(
+            async with asyncio.timeout(self.commit_wait_s):  # no extra task, unlike wait_for
+                receipt = await self.coalescer.submit(
                     ctx["job_id"], kind.name, kind.target, rows, urgent=kind.urgent(payload)
-                ),
-                self.commit_wait_s,
-            )
+                )
         except TimeoutError as exc:
             # arq fails a job that reaches its timeout and never retries it; hand it back first.
             raise Retry(defer=self._delay(TransientError(), ctx["job_try"])) from exc
@@ -135,10 +151,24 @@ class JobRunner:
         except Exception as exc:  # the record must not be lost: let arq run the job again
             log.warning("dead letter not recorded, job will run again", error=repr(classify(exc)))
             raise Retry(defer=self._delay(TransientError(), ctx["job_try"])) from exc
+        metrics.dead_lettered(kind.name, type(error).__name__)
+
+
+def _outcome(error: Exception) -> str:
+    """What became of a job that raised ``error``. ``_run`` re-raises a pipeline error only once
+    the job is dead-lettered (and raises ``Retry`` when even that failed)."""
+    if isinstance(error, Retry):
+        return "retried"
+    if isinstance(error, InvalidPayload):
+        return "invalid"
+    if isinstance(error, PipelineError):
+        return "dead_lettered"
+    return "failed"
 
 
 def job_function(kind: WriteKind[Any]) -> WorkerCoroutine:
     """The arq coroutine of a write kind, named after it."""
+    metrics.declare_kind(kind.name)
 
     async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Receipt:
         runner: JobRunner = ctx["pipeline"]

@@ -4,25 +4,27 @@ Start-up builds the engine and the coalescer and keeps them in ``ctx``; shutdown
 coalescer holds before the engine closes. On SIGTERM arq stops taking jobs and waits up to
 ``shutdown_wait_s`` for running jobs, which complete as soon as their batch commits.
 
-``pipeline worker`` runs :class:`PipelineWorker`, which also survives Redis dropping its
-connections. arq's own command cannot be told to use a subclass, so ``arq
-pipeline.WorkerSettings`` runs plain arq: the same in every other way, but a connection dropped
-while it claims a job ends the process (run it under a supervisor that restarts it).
+``pipeline worker`` runs :class:`PipelineWorker`, which claims and finishes jobs in batches
+(:mod:`pipeline.claiming`) and survives Redis dropping its connections. arq's own command cannot
+be told to use a subclass, so ``arq pipeline.WorkerSettings`` runs stock arq, the compatible
+mode: the same functions and the same keys, one job claimed at a time, and a connection dropped
+while it claims a job ends the process (run it under a supervisor that restarts it). Both kinds
+of worker can share one queue.
 """
 
 from __future__ import annotations
 
-import asyncio
+import gc
 from typing import Any
 
 import structlog
 from arq import func
-from arq.worker import Function, Worker
-from redis.exceptions import RedisError
+from arq.worker import Function
 
-from pipeline import logs
+from pipeline import endpoint, logs, status
+from pipeline.claiming import BatchWorker
 from pipeline.coalescer import Coalescer
-from pipeline.db import create_engine, redacted, redis_settings
+from pipeline.db import create_engine, queue_redis, redacted
 from pipeline.jobs import JobRunner, job_function
 from pipeline.kinds import KINDS
 from pipeline.serialization import JobDeserializer, serialize
@@ -32,21 +34,30 @@ log = structlog.get_logger("pipeline.worker")
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    """arq ``on_startup``: engine, coalescer and job runner, kept in ``ctx``."""
+    """arq ``on_startup``: engine, coalescer, job runner and metrics endpoint, kept in ``ctx``."""
     settings: Settings = ctx.get("settings") or get_settings()
     if ctx.get("configure_logging", True):
         logs.configure(settings.log_level)
+    logs.bind_worker(ctx)
     engine = create_engine(settings)
     coalescer = Coalescer(
         engine,
         max_rows=settings.batch_max_rows,
         transient_retries=settings.transient_retries,
         backoff_s=settings.transient_backoff_s,
+        flushers=settings.flushers,
     )
     coalescer.start()
     ctx["pipeline"] = JobRunner(settings, engine, coalescer)
+    status.start_publishing(ctx, settings.queue_name, coalescer)
+    # Everything made so far (modules, engine, models) lives as long as the worker: keep it out
+    # of the cyclic garbage collector, whose full passes over it were the latency tail (p99 at
+    # 500 jobs/s: 33-37 ms without, 12 ms with, in the same minute).
+    gc.freeze()
+    ctx["endpoint"] = await endpoint.start(settings, ctx.get("redis"))
     log.info(
         "worker started",
+        metrics_port=ctx["endpoint"].port if ctx["endpoint"] else None,
         database=redacted(settings.database_url),
         redis=redacted(settings.redis_url),
         queue=settings.queue_name,
@@ -56,11 +67,16 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    """arq ``on_shutdown``: flush what is held, then close the engine."""
+    """arq ``on_shutdown``: stop the endpoint, flush what is held, then close the engine."""
+    if ctx.get("endpoint") is not None:
+        await ctx["endpoint"].close()
     runner: JobRunner | None = ctx.get("pipeline")
+    if runner is not None:
+        logs.bind_worker(ctx)  # arq shuts down in another task than the one that started up
+        await runner.coalescer.close()
+    await status.stop_publishing(ctx)  # after the last flush, so the status shows it
     if runner is None:
         return
-    await runner.coalescer.close()
     await runner.engine.dispose()
     log.info("worker stopped", batches=runner.coalescer.batches)
 
@@ -82,7 +98,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "functions": functions(settings),
         "on_startup": startup,
         "on_shutdown": shutdown,
-        "redis_settings": redis_settings(str(settings.redis_url)),
+        "redis_settings": queue_redis(settings),
         "queue_name": settings.queue_name,
         "max_jobs": settings.max_jobs,
         "job_timeout": settings.job_timeout_s,
@@ -108,38 +124,8 @@ WorkerSettings = type(
 )
 
 
-class PipelineWorker(Worker):
-    """arq's worker, hardened against Redis dropping its connections.
-
-    arq claims a job under a WATCH; when the connection drops there, redis-py cannot retry and
-    raises, arq does not catch it, and the worker dies with a semaphore slot taken. This worker
-    claims jobs one at a time through arq's own ``start_jobs``, gives the slot back when a claim
-    fails that way, and goes on polling after a pause. The job stays queued, so nothing is lost.
-    """
-
-    reconnect_delay_s = 0.5
-
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """Claim and start each job; a claim cut short by Redis is undone and retried later."""
-        for job_id in job_ids:
-            counted = self.job_counter
-            try:
-                await super().start_jobs([job_id])
-            except (RedisError, OSError) as exc:
-                # arq took a semaphore slot and counted the job before the claim failed.
-                if self.job_counter > counted:
-                    self.job_counter -= 1
-                    self.sem.release()
-                log.warning("claiming a job failed; Redis will be retried", error=repr(exc))
-                await asyncio.sleep(self.reconnect_delay_s)
-                return
-
-    async def _poll_iteration(self) -> None:
-        try:
-            await super()._poll_iteration()
-        except (RedisError, OSError) as exc:
-            log.warning("polling Redis failed; retrying", error=repr(exc))
-            await asyncio.sleep(self.reconnect_delay_s)
+class PipelineWorker(BatchWorker):
+    """What ``pipeline worker`` runs: arq's worker, claiming and finishing jobs in batches."""
 
 
 def run(settings: Settings | None = None, *, burst: bool = False) -> None:

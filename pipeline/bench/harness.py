@@ -28,6 +28,7 @@ WORKERS = {
     "naive": ["-m", "arq", "workers.naive.NaiveWorkerSettings"],
     "noop": ["-m", "arq", "workers.noop.NoopWorkerSettings"],
     "pipeline": ["-m", "pipeline.cli", "worker"],
+    "pipeline-arq": ["-m", "arq", "pipeline.WorkerSettings"],
 }
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

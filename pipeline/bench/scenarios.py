@@ -232,7 +232,7 @@ async def latency(name: str, base: Settings, log: Path, *, rate: int, seconds: f
 
 
 async def coalesced(
-    name: str, workload: Workload, base: Settings, log: Path, *, producers: int = 200
+    name: str, workload: Workload, base: Settings, log: Path, *, producers: int = 1000
 ) -> Result:
     """Many concurrent single-write calls through :class:`CoalescingClient`, timed from the
     first call until every write is committed."""

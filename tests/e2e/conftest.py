@@ -69,9 +69,19 @@ class WorkerProcess:
         return self.log_path.read_text()
 
 
+@pytest.fixture(params=["arq", "pipeline"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Which command runs the workers: stock arq (the compatible mode) or ``pipeline worker``
+    (batched claiming); every test that starts workers runs in both."""
+    return str(request.param)
+
+
 @pytest.fixture
-def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start worker processes configured like ``settings``; all are killed after the test."""
+def start_worker(
+    settings: Settings, tmp_path: Path, mode: str
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start worker processes configured like ``settings`` (in the test's ``mode`` unless told
+    otherwise); all are killed after the test."""
     env = {
         **os.environ,
         "PIPELINE_DATABASE_URL": str(settings.database_url),
@@ -85,8 +95,8 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., W
     }
     started: list[WorkerProcess] = []
 
-    def start(command: str = "arq") -> WorkerProcess:
-        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log", command)
+    def start(command: str | None = None) -> WorkerProcess:
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log", command or mode)
         started.append(worker)
         return worker
 

@@ -30,7 +30,7 @@ def test_bench_quick_runs_and_reports(settings: Settings, tmp_path: Path) -> Non
 
     [report] = [json.loads(p.read_text()) for p in tmp_path.glob("bench-*.json")]
     results = {r["name"]: r for r in report["results"]}
-    assert len(results) == 6  # "3 pipeline, 1 write/job" also matches its K=N variant
+    assert len(results) == 7  # "3 pipeline, 1 write/job" also matches its two variants
     for name, result in results.items():
         assert result["rows"] > 0 and result["rows_per_s"] > 0, name
     assert results["1 naive baseline"]["cpu_pct"] > 0

@@ -12,7 +12,8 @@ from arq.worker import Worker
 
 from pipeline import create_pool
 from pipeline.settings import Settings
-from pipeline.worker import worker_options
+from pipeline.worker import PipelineWorker, worker_options
+from tests.integration.helpers import Proxy
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ async def make_worker(settings: Settings) -> AsyncIterator[Callable[..., Worker]
         options = worker_options(settings.model_copy(update=settings_overrides or {}))
         options["ctx"]["configure_logging"] = False
         options.update({"burst": True, "handle_signals": False, **overrides})
-        worker = Worker(**options)
+        worker = PipelineWorker(**options)
         workers.append(worker)
         return worker
 
@@ -63,6 +64,17 @@ async def run_worker(make_worker: Callable[..., Worker]) -> Callable[..., Any]:
     async def run(**overrides: Any) -> Worker:
         worker = make_worker(**overrides)
         await worker.main()
+        await worker.close()  # its engine's connections go now, not at the end of the test
         return worker
 
     return run
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[Proxy]:
+    """A proxy to PostgreSQL the test can take down and bring back on the same port."""
+    proxy = Proxy()
+    await proxy.up()
+    yield proxy
+    if proxy.server is not None and proxy.server.is_serving():
+        await proxy.down()

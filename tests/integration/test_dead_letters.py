@@ -124,3 +124,19 @@ async def test_an_oversized_job_is_dead_lettered_with_its_size(
     assert f"at most {settings.job_max_bytes}" in failed.value.message
     [letter] = await dead_letters.listing(engine)
     assert letter.error_class == "InvalidPayload" and "bytes" in letter.error_message
+
+
+async def test_a_nul_quoted_by_the_validation_error_does_not_block_the_dead_letter(
+    producer: ArqRedis, run_worker: Callable[..., Any], engine: AsyncEngine
+) -> None:
+    # pydantic quotes the bad character in its message; PostgreSQL text cannot hold a NUL.
+    job = await producer.enqueue_job(
+        "record_events",
+        events=[{"event_id": "a\x00", "event_type": "x", "payload": {}, "occurred_at": None}],
+    )
+    worker = await run_worker()
+    assert (worker.jobs_failed, worker.jobs_retried) == (1, 0)
+    with pytest.raises(JobFailed):
+        await job.result(timeout=5)
+    [letter] = await dead_letters.listing(engine)
+    assert letter.function == "record_events" and "\\x00" in letter.error_message

@@ -299,8 +299,8 @@ async def test_activating_checkpoints_concurrently_leaves_the_newest_active(
             activation_version=activation,
             actor="trainer",
         )
-    # Two workers at once: their transactions race on the same rows.
-    first, second = make_worker(), make_worker()
+    # Two workers at once, each taking a few jobs at a time: their transactions race.
+    first, second = make_worker(max_jobs=20), make_worker(max_jobs=20)
     await asyncio.gather(first.main(), second.main())
     assert first.jobs_failed == second.jobs_failed == 0
     assert first.jobs_complete > 0 and second.jobs_complete > 0

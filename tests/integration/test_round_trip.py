@@ -186,3 +186,14 @@ async def test_branch_stats_follow_committed_writes(
     assert grown is not None and (grown.node_count, grown.alive_count, grown.max_depth) == (4, 3, 3)
     sub = await reads.branch_stats("p", "b")
     assert sub is not None and (sub.node_count, sub.alive_count) == (2, 1)
+
+
+async def test_a_queued_job_outlives_arqs_one_day_default(
+    producer: ArqRedis, settings: Settings
+) -> None:
+    # A worker outage of a few days must not drop jobs: they stay for job_expiry_s (7 days).
+    job = await producer.enqueue_job("upsert_project", project_id="x", name="x")
+    assert job is not None
+    ttl_ms = await producer.pttl(f"arq:job:{job.job_id}")
+    assert settings.job_expiry_s * 1000 - 60_000 < ttl_ms <= settings.job_expiry_s * 1000
+    assert ttl_ms > 6 * 86_400_000
