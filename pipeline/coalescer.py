@@ -12,6 +12,10 @@ into arq's ``Retry``). A data error splits the batch in halves until the job tha
 alone; everything else commits. Rows a statement reports as referring to missing rows fail their
 job with :class:`MissingReference` after the rest of the batch committed (writes are idempotent,
 so the job's rerun re-applies nothing twice).
+
+With several flushers, the row a job refers to may sit in another flusher's transaction that had
+not committed when this one looked. Such a job is not failed: it is held until every flush that
+overlapped its own has ended, then written once more at the front of the queue.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class Submission:
     target: Target
     rows: list[Row]
     future: asyncio.Future[Receipt]
+    held: bool = False  # already held once for a concurrent flush (see the module docstring)
 
 
 @dataclass
@@ -94,8 +99,10 @@ class Coalescer:
         )
         self._pending: deque[Submission] = deque()
         self._wakeup = asyncio.Event()
-        self._flushing = 0
         self._flushers = flushers
+        self._started = 0  # flushes started so far: each flush's number
+        self._active: set[int] = set()  # numbers of the flushes in progress
+        self._held: list[tuple[set[int], Submission]] = []  # waiting for these flushes to end
         self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0
         self.last_flush: dict[str, Any] | None = None
@@ -109,7 +116,7 @@ class Coalescer:
 
     async def close(self) -> None:
         """Flush everything pending, then stop the flusher."""
-        while self._pending or self._flushing:
+        while self._pending or self._active:
             self._wakeup.set()
             await asyncio.sleep(0.005)
         for task in self._tasks:
@@ -141,14 +148,17 @@ class Coalescer:
             batch = self._take()
             if not batch:
                 continue
-            self._flushing += 1
+            self._started += 1
+            number, before = self._started, set(self._active)
+            self._active.add(number)
             try:
-                await self._flush(batch)
+                await self._flush(batch, number, before)
             except Exception as exc:  # never let the flusher die: fail the batch, keep going
                 log.exception("flush failed unexpectedly", jobs=len(batch))
                 _settle({s: TransientError(f"flush failed: {exc!r}") for s in batch})
             finally:
-                self._flushing -= 1
+                self._active.discard(number)
+                self._release_held()
 
     def _take(self) -> list[Submission]:
         """The next batch: pending submissions in order, up to the row cap (at least one).
@@ -169,10 +179,12 @@ class Coalescer:
             rows += len(submission.rows)
         return batch
 
-    async def _flush(self, batch: list[Submission]) -> None:
+    async def _flush(self, batch: list[Submission], number: int, before: set[int]) -> None:
         started = time.perf_counter()
         flush = Flush()
         await self._commit_isolating(batch, flush)
+        # The flushes that overlapped this one: running when it began, or begun since.
+        self._hold(flush.outcomes, before | set(range(number + 1, self._started + 1)))
         _settle(flush.outcomes)
         self.batches += 1
         failed = [type(o).__name__ for o in flush.outcomes.values() if isinstance(o, Exception)]
@@ -192,6 +204,25 @@ class Coalescer:
             self.last_flush["batch_ids"] = flush.batch_ids
         log.info("batch flushed", **self.last_flush)
         metrics.flushed(self.last_flush, failed)
+
+    def _hold(self, outcomes: dict[Submission, Receipt | PipelineError], others: set[int]) -> None:
+        """Take out of ``outcomes`` the missing references another flush may yet commit."""
+        if not others:
+            return
+        for sub, outcome in list(outcomes.items()):
+            if isinstance(outcome, MissingReference) and not sub.held:
+                sub.held = True
+                del outcomes[sub]
+                self._held.append((others, sub))
+
+    def _release_held(self) -> None:
+        """Queue again, first, the held submissions whose overlapping flushes have all ended."""
+        ready = [sub for others, sub in self._held if not others & self._active]
+        if not ready:
+            return
+        self._held = [(others, sub) for others, sub in self._held if others & self._active]
+        self._pending.extendleft(reversed(ready))
+        self._wakeup.set()
 
     async def _commit_isolating(self, subs: list[Submission], flush: Flush) -> None:
         """Commit ``subs``; on a data error, split until the failing job is alone."""

@@ -6,11 +6,15 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from arq.connections import ArqRedis
 from arq.worker import Worker
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from pipeline.coalescer import Coalescer
+from pipeline.kinds import Row, Target
+from pipeline.kinds.nodes import insert_nodes, update_scores
 from tests.integration.helpers import results, rows, scalar, seed_tree, stop_worker
 
 
@@ -72,3 +76,52 @@ async def test_no_job_completes_before_its_rows_are_visible(
     finally:
         await stop_worker(worker, running)
     assert all(seen), f"{seen.count(False)} jobs completed before their rows were visible"
+
+
+async def test_a_write_waits_for_its_parent_in_another_flushers_transaction(
+    producer: ArqRedis,
+    run_worker: Callable[..., Any],
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await seed_tree(producer, "p", [])
+    await run_worker()
+    # The node's insert writes its row, then stalls before committing.
+    written, commit = asyncio.Event(), asyncio.Event()
+    write = Target.write
+
+    async def stalling_write(target: Target, conn: AsyncConnection, rows: list[Row]) -> set[Row]:
+        missing = await write(target, conn, rows)
+        if target is insert_nodes.target:
+            written.set()
+            await commit.wait()
+        return missing
+
+    monkeypatch.setattr(Target, "write", stalling_write)
+    node = insert_nodes.parse(
+        {"project_id": "p", "nodes": [{"node_id": "c", "parent_id": "root", "label": "c"}]}
+    )
+    score = update_scores.parse({"project_id": "p", "scores": [{"node_id": "c", "ucb_score": 2}]})
+    coalescer = Coalescer(engine, max_rows=100, transient_retries=0, backoff_s=0.01, flushers=2)
+    coalescer.start()
+    try:
+        node_rows, score_rows = insert_nodes.rows(node, 1), update_scores.rows(score, 1)
+        inserting = asyncio.create_task(
+            coalescer.submit("j1", "insert_nodes", insert_nodes.target, node_rows)
+        )
+        await asyncio.wait_for(written.wait(), 5)
+        scoring = asyncio.create_task(
+            coalescer.submit("j2", "update_scores", update_scores.target, score_rows)
+        )
+        for _ in range(500):  # the other flusher writes the score while the node is uncommitted
+            if coalescer.batches:
+                break
+            await asyncio.sleep(0.01)
+        assert coalescer.batches == 1 and not scoring.done()
+        commit.set()
+        first, second = await asyncio.wait_for(asyncio.gather(inserting, scoring), 5)
+    finally:
+        commit.set()
+        await coalescer.close()
+    assert second["batch_id"] != first["batch_id"] and coalescer.batches == 3
+    assert await scalar(engine, "SELECT ucb_score FROM nodes WHERE node_id = 'c'") == 2
