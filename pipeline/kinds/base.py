@@ -54,19 +54,34 @@ def newest(version_index: int) -> Merge:
 
 @dataclass(frozen=True, eq=False)
 class Invalidation:
-    """A statement run once at the end of a batch with the keys every target reported touching."""
+    """Statements run once at the end of a batch with the keys every target reported touching.
+
+    The first of ``columns`` is the scope (the project). ``scope`` runs first, with the batch's
+    distinct scope values: it may take locks, and its last statement returns the scope values
+    that have anything to invalidate. ``statements`` then run with the keys in those scopes only,
+    and not at all when there are none: sending every touched key costs more than the check.
+    """
 
     name: str
+    scope: tuple[str, ...]
     statements: tuple[str, ...]
     columns: tuple[str, ...]
+    scope_clauses: tuple[TextClause, ...] = field(init=False, repr=False)
     clauses: tuple[TextClause, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "scope_clauses", tuple(text(s) for s in self.scope))
         object.__setattr__(self, "clauses", tuple(text(s) for s in self.statements))
 
-    async def run(self, conn: AsyncConnection, keys: Iterable[Row]) -> None:
-        """Run the statements with the (deduplicated, sorted) keys as arrays."""
-        ordered = sorted(set(keys))
+    async def run(self, conn: AsyncConnection, keys: Sequence[Row]) -> None:
+        """Run the statements with the (deduplicated, sorted) keys in scope as arrays."""
+        scopes = sorted({key[0] for key in keys})
+        if not scopes:
+            return
+        for clause in self.scope_clauses:
+            result = await conn.execute(clause, {self.columns[0]: scopes})
+        live = set(result.scalars())
+        ordered = sorted({key for key in keys if key[0] in live})
         if not ordered:
             return
         params = dict(zip(self.columns, (list(c) for c in zip(*ordered, strict=True)), strict=True))

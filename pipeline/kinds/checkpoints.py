@@ -129,20 +129,17 @@ ACTIVATIONS = Target(
                   WHERE o.model_name = m.model_name
                     AND COALESCE(o.framework, '') = COALESCE(m.framework, '')
                     AND o.is_active AND o.id <> m.id)
-            RETURNING m.model_name, m.framework, m.version, m.activation_version
+            RETURNING m.model_name, m.framework, m.version, m.activation_version, t.actor
         ),
         audited AS (
             INSERT INTO audit_log (entity_type, entity_id, action, changes, actor)
             SELECT 'model_checkpoint', a.model_name || '@' || a.version, 'activate',
                    jsonb_build_object('framework', a.framework,
                                       'activation_version', a.activation_version),
-                   t.actor
-            FROM activated a JOIN target t ON t.model_name = a.model_name
-                                          AND t.version = a.version
+                   a.actor
+            FROM activated a
         )
-        SELECT v.model_name, v.framework FROM v
-        WHERE NOT EXISTS (SELECT 1 FROM target t
-                          WHERE t.model_name = v.model_name AND t.framework = v.framework)
+        SELECT model_name, framework FROM v EXCEPT SELECT model_name, framework FROM target
         """,
     ),
 )

@@ -62,8 +62,7 @@ LABELED_SAMPLES = Target(
             FROM placed ORDER BY sample_id
             ON CONFLICT (sample_id) DO NOTHING
         )
-        SELECT v.sample_id FROM v
-        WHERE NOT EXISTS (SELECT 1 FROM placed p WHERE p.sample_id = v.sample_id)
+        SELECT sample_id FROM v EXCEPT SELECT sample_id FROM placed
     """,
 )
 

@@ -25,19 +25,26 @@ Status = Literal["alive", "expanded", "pruned", "terminal", "failed"]
 BRANCH_STATS = Invalidation(
     name="branch_stats",
     columns=("project_id", "node_id"),
-    statements=(
+    scope=(
         # The lock key is a constant SQL expression; no input is formatted in.
         f"""
         SELECT pg_advisory_xact_lock_shared({branch_stats_lock_key("p")})
-        FROM (SELECT DISTINCT p FROM unnest(CAST(:project_id AS text[])) AS p ORDER BY p) AS s
+        FROM unnest(CAST(:project_id AS text[])) AS p ORDER BY p
         """,  # noqa: S608
+        # A statement of its own, so its snapshot is taken once the lock is held and sees the
+        # statistics of every reader that held the lock before.
+        """
+        SELECT DISTINCT project_id FROM branch_stats
+        WHERE project_id = ANY(CAST(:project_id AS text[]))
+        """,
+    ),
+    statements=(
         """
         WITH RECURSIVE touched AS (
             SELECT n.project_id, n.node_id, n.parent_id
             FROM unnest(CAST(:project_id AS text[]), CAST(:node_id AS text[]))
                 AS v(project_id, node_id)
             JOIN nodes n ON n.project_id = v.project_id AND n.node_id = v.node_id
-            WHERE EXISTS (SELECT 1 FROM branch_stats b WHERE b.project_id = v.project_id)
           UNION
             SELECT p.project_id, p.node_id, p.parent_id
             FROM touched t JOIN nodes p ON p.project_id = t.project_id AND p.node_id = t.parent_id
@@ -102,26 +109,24 @@ NODES = Target(
     sql="""
         WITH RECURSIVE v AS (SELECT * FROM {rows}),
         placed AS (
-            SELECT v.project_id, v.node_id FROM v
+            SELECT v.* FROM v
             WHERE v.parent_id IS NULL OR EXISTS (
                 SELECT 1 FROM nodes n
                 WHERE n.project_id = v.project_id AND n.node_id = v.parent_id)
           UNION
-            SELECT c.project_id, c.node_id
+            SELECT c.*
             FROM v c JOIN placed p ON c.project_id = p.project_id AND c.parent_id = p.node_id
         ),
         inserted AS (
             INSERT INTO nodes (project_id, node_id, parent_id, label, content, status,
                                status_version, metadata)
-            SELECT v.project_id, v.node_id, v.parent_id, v.label, v.content, v.status,
-                   v.status_version, CAST(v.metadata AS jsonb)
-            FROM v JOIN placed USING (project_id, node_id)
-            ORDER BY v.project_id, v.node_id
+            SELECT project_id, node_id, parent_id, label, content, status, status_version,
+                   CAST(metadata AS jsonb)
+            FROM placed
+            ORDER BY project_id, node_id
             ON CONFLICT (project_id, node_id) DO NOTHING
         )
-        SELECT v.project_id, v.node_id FROM v
-        WHERE NOT EXISTS (
-            SELECT 1 FROM placed p WHERE p.project_id = v.project_id AND p.node_id = v.node_id)
+        SELECT project_id, node_id FROM v EXCEPT SELECT project_id, node_id FROM placed
     """,
 )
 
@@ -174,48 +179,47 @@ NODE_UPDATES = Target(
     # The rows are locked first, in key order, whatever plan the UPDATE gets: an UPDATE … FROM
     # locks rows in its join's order, which is the array's order for a nested loop but the heap's
     # for a hash join, and two workers on different plans would lock in opposite orders.
+    # The locked rows carry the batch's values and the old status along, so no statement part
+    # joins two batch-sized CTEs: the planner cannot estimate their sizes, and a nested loop
+    # between two of them is quadratic (7 s for 8,650 rows, once).
     sql="""
         WITH v AS (SELECT * FROM {rows}),
         locked AS MATERIALIZED (
-            SELECT n.project_id, n.node_id, n.status FROM nodes n
+            SELECT n.status AS old_status, v.* FROM nodes n
             JOIN v ON n.project_id = v.project_id AND n.node_id = v.node_id
             ORDER BY n.project_id, n.node_id
             FOR NO KEY UPDATE OF n
         ),
         updated AS (
             UPDATE nodes AS n SET
-                rubric_score = CASE WHEN v.rubric_version > n.rubric_score_version
-                                    THEN v.rubric_score ELSE n.rubric_score END,
-                rubric_score_version = GREATEST(n.rubric_score_version, v.rubric_version),
-                ucb_score = CASE WHEN v.ucb_version > n.ucb_score_version
-                                 THEN v.ucb_score ELSE n.ucb_score END,
-                ucb_score_version = GREATEST(n.ucb_score_version, v.ucb_version),
-                status = CASE WHEN v.status_version > n.status_version
-                              THEN v.status ELSE n.status END,
-                status_version = GREATEST(n.status_version, v.status_version),
+                rubric_score = CASE WHEN l.rubric_version > n.rubric_score_version
+                                    THEN l.rubric_score ELSE n.rubric_score END,
+                rubric_score_version = GREATEST(n.rubric_score_version, l.rubric_version),
+                ucb_score = CASE WHEN l.ucb_version > n.ucb_score_version
+                                 THEN l.ucb_score ELSE n.ucb_score END,
+                ucb_score_version = GREATEST(n.ucb_score_version, l.ucb_version),
+                status = CASE WHEN l.status_version > n.status_version
+                              THEN l.status ELSE n.status END,
+                status_version = GREATEST(n.status_version, l.status_version),
                 updated_at = now()
-            FROM v JOIN locked l ON l.project_id = v.project_id AND l.node_id = v.node_id
-            WHERE n.project_id = v.project_id AND n.node_id = v.node_id
-              AND (v.rubric_version > n.rubric_score_version
-                   OR v.ucb_version > n.ucb_score_version
-                   OR v.status_version > n.status_version)
-            RETURNING n.project_id, n.node_id, n.status, n.status_version
+            FROM locked l
+            WHERE n.project_id = l.project_id AND n.node_id = l.node_id
+              AND (l.rubric_version > n.rubric_score_version
+                   OR l.ucb_version > n.ucb_score_version
+                   OR l.status_version > n.status_version)
+            RETURNING n.project_id, n.node_id, n.status, n.status_version, l.old_status, l.actor
         ),
         audited AS (
             INSERT INTO audit_log (entity_type, entity_id, action, changes, actor)
             SELECT 'node', u.project_id || '/' || u.node_id, 'status',
-                   jsonb_build_object('from', l.status, 'to', u.status,
+                   jsonb_build_object('from', u.old_status, 'to', u.status,
                                       'version', u.status_version),
-                   v.actor
+                   u.actor
             FROM updated u
-            JOIN locked l ON l.project_id = u.project_id AND l.node_id = u.node_id
-            JOIN v ON v.project_id = u.project_id AND v.node_id = u.node_id
-            WHERE u.status IS DISTINCT FROM l.status
+            WHERE u.status IS DISTINCT FROM u.old_status
             ORDER BY u.project_id, u.node_id
         )
-        SELECT v.project_id, v.node_id FROM v
-        WHERE NOT EXISTS (
-            SELECT 1 FROM locked l WHERE l.project_id = v.project_id AND l.node_id = v.node_id)
+        SELECT project_id, node_id FROM v EXCEPT SELECT project_id, node_id FROM locked
     """,
 )
 

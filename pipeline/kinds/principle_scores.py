@@ -64,12 +64,8 @@ PRINCIPLE_SCORES = Target(
             FROM resolved ORDER BY project_id, node_id, principle_id
             ON CONFLICT (project_id, node_id, principle_id) DO NOTHING
         )
-        SELECT v.project_id, v.node_id, v.rubric_id, v.rubric_version, v.principle FROM v
-        WHERE NOT EXISTS (
-            SELECT 1 FROM resolved r
-            WHERE r.project_id = v.project_id AND r.node_id = v.node_id
-              AND r.rubric_id = v.rubric_id AND r.rubric_version = v.rubric_version
-              AND r.principle = v.principle)
+        SELECT project_id, node_id, rubric_id, rubric_version, principle FROM v
+        EXCEPT SELECT project_id, node_id, rubric_id, rubric_version, principle FROM resolved
     """,
 )
 

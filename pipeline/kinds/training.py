@@ -91,17 +91,17 @@ TRAINING_USED = Target(
     sql="""
         WITH v AS (SELECT * FROM {rows}),
         locked AS MATERIALIZED (
-            SELECT t.id FROM training_data t JOIN v USING (id)
+            SELECT v.* FROM training_data t JOIN v USING (id)
             ORDER BY t.id
             FOR NO KEY UPDATE OF t
         ),
         marked AS (
             UPDATE training_data t
-            SET used_in_training = true, training_batch_id = v.training_batch_id
-            FROM v JOIN locked USING (id)
-            WHERE t.id = v.id AND NOT t.used_in_training
+            SET used_in_training = true, training_batch_id = l.training_batch_id
+            FROM locked l
+            WHERE t.id = l.id AND NOT t.used_in_training
         )
-        SELECT v.id FROM v WHERE NOT EXISTS (SELECT 1 FROM locked l WHERE l.id = v.id)
+        SELECT id FROM v EXCEPT SELECT id FROM locked
     """,
 )
 
