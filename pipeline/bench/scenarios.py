@@ -255,6 +255,7 @@ async def coalesced(
 
             await asyncio.gather(*(produce(items[i::producers]) for i in range(producers)))
             await client.flush()
+            enqueued_s = time.perf_counter() - started
             while not await idle(env.redis, env.settings.queue_name):
                 pool.observe()
                 await asyncio.sleep(0.02)
@@ -270,5 +271,10 @@ async def coalesced(
             seconds,
             cpu_pct=100 * pool.sample.cpu_s / seconds,
             peak_rss_mb=pool.sample.peak_rss_mb,
-            extra={"producers": producers, "max_items": 500, "linger_ms": 5},
+            extra={
+                "producers": producers,
+                "max_items": 500,
+                "linger_ms": 5,
+                "all_enqueued_after_s": round(enqueued_s, 3),
+            },
         )
