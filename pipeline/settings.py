@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     max_jobs: int = Field(
         default=1000, ge=1, description="Jobs one worker runs at once; batches form from these."
     )
-    batch_max_rows: int = Field(default=5000, ge=1, description="Rows per flushed batch, at most.")
+    batch_max_rows: int = Field(
+        default=20_000, ge=1, description="Rows per flushed batch (one transaction), at most."
+    )
     flushers: int = Field(
         default=2,
         ge=1,
