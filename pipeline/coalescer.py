@@ -184,7 +184,7 @@ class Coalescer:
         flush = Flush()
         await self._commit_isolating(batch, flush)
         # The flushes that overlapped this one: running when it began, or begun since.
-        self._hold(flush.outcomes, before | set(range(number + 1, self._started + 1)))
+        held = self._hold(flush.outcomes, before | set(range(number + 1, self._started + 1)))
         _settle(flush.outcomes)
         self.batches += 1
         failed = [type(o).__name__ for o in flush.outcomes.values() if isinstance(o, Exception)]
@@ -196,6 +196,7 @@ class Coalescer:
             "transactions": flush.transactions,
             "retries": flush.retries,
             "failed": len(failed),
+            "held": held,  # written again once the flushes running alongside have ended
             "written": _written(flush.outcomes),
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
             "at": dt.datetime.now(dt.UTC).isoformat(),
@@ -205,15 +206,18 @@ class Coalescer:
         log.info("batch flushed", **self.last_flush)
         metrics.flushed(self.last_flush, failed)
 
-    def _hold(self, outcomes: dict[Submission, Receipt | PipelineError], others: set[int]) -> None:
+    def _hold(self, outcomes: dict[Submission, Receipt | PipelineError], others: set[int]) -> int:
         """Take out of ``outcomes`` the missing references another flush may yet commit."""
         if not others:
-            return
+            return 0
+        held = 0
         for sub, outcome in list(outcomes.items()):
             if isinstance(outcome, MissingReference) and not sub.held:
                 sub.held = True
                 del outcomes[sub]
                 self._held.append((others, sub))
+                held += 1
+        return held
 
     def _release_held(self) -> None:
         """Queue again, first, the held submissions whose overlapping flushes have all ended."""
