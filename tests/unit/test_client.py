@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import msgpack
 import pytest
 from arq.connections import ArqRedis
-from fakeredis import FakeAsyncRedis
 
 from pipeline import PipelineClient
 from pipeline.errors import InvalidPayload
-from pipeline.serialization import deserialize, serialize
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[PipelineClient]:
-    fake = FakeAsyncRedis()
-    redis = ArqRedis(
-        connection_pool=fake.connection_pool,
-        job_serializer=serialize,
-        job_deserializer=deserialize,
-        default_queue_name="pipeline:unit",
-    )
-    yield PipelineClient(redis)
-    await fake.aclose()
+def client(fake_arq: ArqRedis) -> PipelineClient:
+    return PipelineClient(fake_arq)
 
 
 async def test_valid_write_is_enqueued_as_msgpack(client: PipelineClient) -> None:

@@ -4,30 +4,19 @@ arguments, up to max_items; a bad item fails only its own caller."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import msgpack
 import pytest
 from arq.connections import ArqRedis
-from fakeredis import FakeAsyncRedis
 
 from pipeline import PipelineClient
 from pipeline.coalescing_client import CoalescingClient, items_field
 from pipeline.errors import InvalidPayload
-from pipeline.serialization import deserialize, serialize
 
 
 @pytest.fixture
-async def coalescing() -> AsyncIterator[CoalescingClient]:
-    fake = FakeAsyncRedis()
-    redis = ArqRedis(
-        connection_pool=fake.connection_pool,
-        job_serializer=serialize,
-        job_deserializer=deserialize,
-        default_queue_name="pipeline:unit",
-    )
-    yield CoalescingClient(PipelineClient(redis), max_items=100, linger_s=0.01)
-    await fake.aclose()
+def coalescing(fake_arq: ArqRedis) -> CoalescingClient:
+    return CoalescingClient(PipelineClient(fake_arq), max_items=100, linger_s=0.01)
 
 
 async def enqueued(redis: ArqRedis) -> list[dict[str, object]]:
