@@ -10,12 +10,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from arq import create_pool as arq_create_pool
 from arq.connections import ArqRedis
 from arq.jobs import Job
 from pydantic import BaseModel
 
-from pipeline.db import close_sentinels, queue_redis
+from pipeline.db import close_sentinels, connect_queue, queue_redis
 from pipeline.errors import InvalidPayload
 from pipeline.kinds import BY_NAME
 from pipeline.serialization import deserialize, serialize
@@ -40,7 +39,7 @@ async def create_pool(
     after which a job no worker has started is dropped: an outage longer than that would lose
     writes)."""
     settings = settings or get_settings()
-    return await arq_create_pool(
+    return await connect_queue(
         queue_redis(settings, redis_url),
         job_serializer=serialize,
         job_deserializer=deserialize,

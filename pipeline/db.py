@@ -4,8 +4,9 @@ and URLs fit for logs."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -60,8 +61,14 @@ def redis_settings(
         settings.sentinel = True
         settings.sentinel_master = sentinel_master
     settings.retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8)
-    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionError]
-    settings.retry_on_timeout = True
+    # Timeouts are listed here rather than through retry_on_timeout, with which redis-py appends
+    # them to this same list again for every connection it makes.
+    settings.retry_on_error = [
+        RedisConnectionError,
+        RedisTimeoutError,
+        ConnectionError,
+        TimeoutError,
+    ]
     return settings
 
 
@@ -77,6 +84,25 @@ def queue_redis(settings: Settings, url: str | None = None) -> RedisSettings:
     return redis_settings(
         url or str(settings.redis_url), settings.redis_sentinels, settings.redis_sentinel_master
     )
+
+
+async def connect_queue(config: RedisSettings, **options: Any) -> ArqRedis:
+    """arq's ``create_pool``, with ``config``'s retry settings on Sentinel's connections too.
+
+    arq hands them to a plain pool only; through Sentinel, a command failed at once while a
+    failover was under way (for about two seconds the Sentinel names no primary), where it should
+    wait and retry like any other dropped connection."""
+    redis = await create_pool(config, **options)
+    if config.sentinel:
+        redis.connection_pool.connection_kwargs.update(
+            retry=config.retry,
+            retry_on_error=config.retry_on_error,
+            socket_connect_timeout=config.conn_timeout,
+        )
+        # The connection arq checked the pool with has none of them: drop it.
+        await redis.connection_pool.disconnect()
+        redis.connection_pool.reset()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+    return redis
 
 
 async def close_sentinels(redis: Redis) -> None:

@@ -24,7 +24,7 @@ from arq.worker import Function
 from pipeline import endpoint, logs, status
 from pipeline.claiming import BatchWorker
 from pipeline.coalescer import Coalescer
-from pipeline.db import create_engine, queue_redis, redacted
+from pipeline.db import connect_queue, create_engine, queue_redis, redacted
 from pipeline.jobs import JobRunner, job_function
 from pipeline.kinds import KINDS
 from pipeline.serialization import JobDeserializer, serialize
@@ -126,6 +126,18 @@ WorkerSettings = type(
 
 class PipelineWorker(BatchWorker):
     """What ``pipeline worker`` runs: arq's worker, claiming and finishing jobs in batches."""
+
+    async def main(self) -> None:
+        """Connect as :func:`pipeline.db.connect_queue` does (retries through Sentinel too)."""
+        if self._pool is None and self.redis_settings is not None:
+            self._pool = await connect_queue(
+                self.redis_settings,
+                job_deserializer=self.job_deserializer,
+                job_serializer=self.job_serializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+        await super().main()
 
 
 def run(settings: Settings | None = None, *, burst: bool = False) -> None:
