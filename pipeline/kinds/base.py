@@ -70,6 +70,8 @@ class Invalidation:
     clauses: tuple[TextClause, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if not self.scope:
+            raise ValueError(f"{self.name}: scope needs a statement that returns the scopes")
         object.__setattr__(self, "scope_clauses", tuple(text(s) for s in self.scope))
         object.__setattr__(self, "clauses", tuple(text(s) for s in self.statements))
 

@@ -109,21 +109,21 @@ NODES = Target(
     sql="""
         WITH RECURSIVE v AS (SELECT * FROM {rows}),
         placed AS (
-            SELECT v.* FROM v
+            SELECT v.project_id, v.node_id FROM v
             WHERE v.parent_id IS NULL OR EXISTS (
                 SELECT 1 FROM nodes n
                 WHERE n.project_id = v.project_id AND n.node_id = v.parent_id)
           UNION
-            SELECT c.*
+            SELECT c.project_id, c.node_id
             FROM v c JOIN placed p ON c.project_id = p.project_id AND c.parent_id = p.node_id
         ),
         inserted AS (
             INSERT INTO nodes (project_id, node_id, parent_id, label, content, status,
                                status_version, metadata)
-            SELECT project_id, node_id, parent_id, label, content, status, status_version,
-                   CAST(metadata AS jsonb)
-            FROM placed
-            ORDER BY project_id, node_id
+            SELECT v.project_id, v.node_id, v.parent_id, v.label, v.content, v.status,
+                   v.status_version, CAST(v.metadata AS jsonb)
+            FROM v JOIN placed USING (project_id, node_id)
+            ORDER BY v.project_id, v.node_id
             ON CONFLICT (project_id, node_id) DO NOTHING
         )
         SELECT project_id, node_id FROM v EXCEPT SELECT project_id, node_id FROM placed
