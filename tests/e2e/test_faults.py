@@ -41,6 +41,16 @@ def clean(figures: Figures, dead_lettered: int = 0) -> bool:
     )
 
 
+async def started_on(producer: ArqRedis, queue: str) -> None:
+    """Return once a worker has finished a job of ``queue``: it is under way, not done."""
+    queued = await producer.zcard(queue)
+    for _ in range(3000):
+        if await producer.zcard(queue) < queued:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("no job finished within 15 s")
+
+
 async def settle(producer: ArqRedis, settings: Settings, workers: list[WorkerProcess]) -> None:
     """Drain the queue, then stop the workers cleanly."""
     await drained(producer, settings.queue_name, timeout=DRAIN_S)
@@ -79,7 +89,7 @@ async def test_sigterm_under_load(
     workload = Workload(seed=12)
     first = start_worker()
     await workload.enqueue(producer)
-    await asyncio.sleep(1.0)
+    await started_on(producer, settings.queue_name)  # stopped at once, whatever its speed
     assert await asyncio.to_thread(first.stop, signal.SIGTERM) == 0
     assert "shutdown on SIGTERM" in first.output()
     assert await producer.zcard(settings.queue_name) > 0, "stop it while work is queued"
@@ -98,9 +108,10 @@ async def test_database_connections_terminated_mid_run(
     workload = Workload(seed=13)
     worker = start_worker()
     await workload.enqueue(producer)
+    await started_on(producer, settings.queue_name)
     terminated = 0
-    for _ in range(5):
-        await asyncio.sleep(0.5)
+    for _ in range(5):  # every 0.1 s while the worker flushes, whatever its speed
+        await asyncio.sleep(0.1)
         async with engine.connect() as conn:
             result = await conn.execute(
                 text(
