@@ -46,9 +46,13 @@ class Settings(BaseSettings):
         default=20_000, ge=1, description="Rows per flushed batch (one transaction), at most."
     )
     flushers: int = Field(
-        default=2,
+        default=1,
         ge=1,
-        description="Batches one worker commits at once (each on its own connection).",
+        description=(
+            "Batches one worker commits at once (each on its own connection). More than one "
+            "helps single-write jobs a little and hurts hot keys: concurrent batches of one "
+            "worker then wait on each other's row locks."
+        ),
     )
     job_max_items: int = Field(default=5000, ge=1, description="Items one job may carry.")
     job_max_bytes: int = Field(
