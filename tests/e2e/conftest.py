@@ -57,7 +57,13 @@ class WorkerProcess:
         )
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
-        """Send ``sig`` and wait for the exit code."""
+        """Send ``sig`` and wait for the exit code.
+
+        SIGTERM waits until the worker has started: before it installs its handlers, Python's
+        default one ends the process (nothing is lost, there is nothing in flight yet, but it is
+        not the graceful stop a test that sends SIGTERM means to check)."""
+        if sig == signal.SIGTERM:
+            self.wait_started(timeout)
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         code = self.proc.wait(timeout=timeout)
@@ -67,6 +73,13 @@ class WorkerProcess:
     def output(self) -> str:
         """Everything the process printed so far."""
         return self.log_path.read_text()
+
+    def wait_started(self, timeout: float = 30) -> None:
+        """Return once the worker has logged its start (or has exited)."""
+        deadline = time.monotonic() + timeout
+        while "worker started" not in self.output() and self.proc.poll() is None:
+            assert time.monotonic() < deadline, f"no start within {timeout} s: {self.output()}"
+            time.sleep(0.05)
 
 
 @pytest.fixture(params=["arq", "pipeline"])
