@@ -1,6 +1,6 @@
 """The coalescer: many jobs' rows, one transaction.
 
-Jobs submit rows and wait. A single flusher task takes everything pending (up to
+Jobs submit rows and wait. A flusher task (one by default) takes everything pending (up to
 ``batch_max_rows``) and writes it as one transaction: targets in foreign-key order, one sorted,
 set-based statement per target. While a flush runs, new submissions queue up and form the next
 batch, so batches are small at low load (latency) and large at high load (throughput). This is
@@ -13,8 +13,9 @@ alone; everything else commits. Rows a statement reports as referring to missing
 job with :class:`MissingReference` after the rest of the batch committed (writes are idempotent,
 so the job's rerun re-applies nothing twice).
 
-With several flushers, the row a job refers to may sit in another flusher's transaction that had
-not committed when this one looked. Such a job is not failed: it is held until every flush that
+Several flushers commit batches side by side. Their batches may share keys and then wait on each
+other's row locks, which is why one is the default. The row a job refers to may sit in another
+flusher's transaction that had not committed when this one looked. Such a job is not failed: it is held until every flush that
 overlapped its own has ended, then written once more at the front of the queue.
 """
 
