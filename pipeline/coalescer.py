@@ -15,8 +15,9 @@ so the job's rerun re-applies nothing twice).
 
 Several flushers commit batches side by side. Their batches may share keys and then wait on each
 other's row locks, which is why one is the default. The row a job refers to may sit in another
-flusher's transaction that had not committed when this one looked. Such a job is not failed: it is held until every flush that
-overlapped its own has ended, then written once more at the front of the queue.
+flusher's transaction that had not committed when this one looked. Such a job is not failed: it
+is held until every flush that overlapped its own has ended, then written once more at the front
+of the queue.
 """
 
 from __future__ import annotations
