@@ -213,7 +213,8 @@ async def test_a_stalled_database_bounds_memory_and_the_backlog_drains(
 ) -> None:
     workload = Workload(seed=16, score_jobs=4000)
     worker = start_worker()
-    await asyncio.sleep(1.5)  # started and idle
+    await asyncio.to_thread(worker.wait_started)
+    await asyncio.sleep(0.5)  # and idle
     idle = rss_mb(worker.proc.pid)
     samples = []
     async with engine.connect() as blocker:
