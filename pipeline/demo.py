@@ -252,14 +252,15 @@ async def report(
     ]
     async with engine.connect() as conn:
         dead = (await conn.execute(text("SELECT count(*) FROM dead_letters"))).scalar_one()
-    jobs = sum(f["jobs"] for f in flushes)
+    # A batch's failed and held jobs commit in a later batch (or never): count each job once.
+    jobs = sum(f["jobs"] - f["failed"] - f.get("held", 0) for f in flushes)
     summary = Table(title="Summary", show_header=False)
     summary.add_row(
         "jobs committed",
         f"{jobs:,} in {len(flushes):,} flushes "
         f"({jobs / max(len(flushes), 1):.1f} jobs per transaction)",
     )
-    summary.add_row("rows written", f"{sum(f['rows'] for f in flushes):,}")
+    summary.add_row("rows written", f"{sum(sum(f['written'].values()) for f in flushes):,}")
     summary.add_row(
         "tree",
         f"{root.node_count:,} nodes, {root.alive_count:,} alive, "
