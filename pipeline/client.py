@@ -11,6 +11,7 @@ import datetime as dt
 from typing import Any
 
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
 from arq.jobs import Job
 from pydantic import BaseModel
 
@@ -55,7 +56,7 @@ async def idle(redis: ArqRedis, queue_name: str) -> bool:
     keys are looked for with SCAN (never KEYS, which blocks a Redis shared with others)."""
     if await redis.zcard(queue_name):
         return False
-    async for _ in redis.scan_iter(match="arq:in-progress:*", count=1000):
+    async for _ in redis.scan_iter(match=f"{in_progress_key_prefix}*", count=1000):
         return False
     return True
 

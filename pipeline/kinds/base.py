@@ -182,7 +182,8 @@ class WriteKind(Generic[P]):
         except ValidationError as exc:
             raise InvalidPayload(f"{self.name}: {describe(exc)}") from None
 
-    def urgent(self, payload: BaseModel) -> bool:
+    @staticmethod
+    def urgent(payload: BaseModel) -> bool:
         """Whether the job asked to be written ahead of everything pending (``urgent=True``)."""
         # Read from the field values: getattr on a pydantic model without the field raises and
         # catches inside, which cost more than the rest of the job's checks, per job.
