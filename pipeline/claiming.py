@@ -180,7 +180,7 @@ class BatchWorker(Worker):
         want = min(self.max_jobs - self.job_counter, self.claim_batch)
         if self.burst and self.max_burst_jobs >= 0:
             want = min(want, self.max_burst_jobs - self._jobs_started())
-        if not self.allow_pick_jobs or want < 1:
+        if not self.allow_pick_jobs or want < 1 or self.saturated():
             return
         if self._watchdog is None:
             self._watchdog = self.loop.create_task(self._watch(), name="pipeline-job-timeouts")
@@ -190,6 +190,14 @@ class BatchWorker(Worker):
             task = self.loop.create_task(self.run_claimed(claim), name=claim.job_id)
             task.add_done_callback(self._job_done)
             self.tasks[claim.job_id] = task
+
+    def saturated(self) -> bool:
+        """Whether the jobs in hand are work enough for now: no claim while this holds.
+
+        The default claims up to ``max_jobs``; a subclass may stop sooner, so that jobs wait in
+        Redis (where no timeout runs) rather than in the worker.
+        """
+        return False
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         """A job's task ended: free its slot (arq scans every task on every poll instead)."""

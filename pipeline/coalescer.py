@@ -100,6 +100,7 @@ class Coalescer:
             reraise=True,
         )
         self._pending: deque[Submission] = deque()
+        self.pending_rows = 0  # rows of the submissions in ``_pending``
         self._wakeup = asyncio.Event()
         self._flushers = flushers
         self._started = 0  # flushes started so far: each flush's number
@@ -139,6 +140,7 @@ class Coalescer:
             self._pending.appendleft(submission)
         else:
             self._pending.append(submission)
+        self.pending_rows += len(rows)
         self._wakeup.set()
         return await future
 
@@ -172,13 +174,13 @@ class Coalescer:
         rows = 0
         while self._pending:
             submission = self._pending[0]
-            if submission.future.done():
-                self._pending.popleft()
-                continue
             if batch and rows + len(submission.rows) > self._max_rows:
                 break
-            batch.append(self._pending.popleft())
-            rows += len(submission.rows)
+            self._pending.popleft()
+            self.pending_rows -= len(submission.rows)
+            if not submission.future.done():
+                batch.append(submission)
+                rows += len(submission.rows)
         return batch
 
     async def _flush(self, batch: list[Submission], number: int, before: set[int]) -> None:
@@ -228,6 +230,7 @@ class Coalescer:
             return
         self._held = [(others, sub) for others, sub in self._held if others & self._active]
         self._pending.extendleft(reversed(ready))
+        self.pending_rows += sum(len(sub.rows) for sub in ready)
         self._wakeup.set()
 
     async def _commit_isolating(self, subs: list[Submission], flush: Flush) -> None:

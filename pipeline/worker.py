@@ -125,7 +125,19 @@ WorkerSettings = type(
 
 
 class PipelineWorker(BatchWorker):
-    """What ``pipeline worker`` runs: arq's worker, claiming and finishing jobs in batches."""
+    """What ``pipeline worker`` runs: arq's worker, claiming and finishing jobs in batches.
+
+    It claims jobs only while fewer than two full batches of rows wait for the coalescer: one to
+    form the next batch from, one to spare. More would only wait in the worker, where their
+    timeouts run, instead of in Redis.
+    """
+
+    def saturated(self) -> bool:
+        """Whether two batches' worth of rows wait already."""
+        runner: JobRunner | None = self.ctx.get("pipeline")
+        if runner is None:
+            return False
+        return runner.coalescer.pending_rows >= 2 * runner.settings.batch_max_rows
 
     async def main(self) -> None:
         """Connect as :func:`pipeline.db.connect_queue` does (retries through Sentinel too)."""

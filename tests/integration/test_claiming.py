@@ -15,10 +15,13 @@ from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
 from arq.utils import timestamp_ms
 from arq.worker import Worker
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline import JobFailed
 from pipeline.claiming import BatchWorker
 from pipeline.db import queue_redis
+from pipeline.schema.taxonomy import node_updates_lock_key
 from pipeline.serialization import deserialize, serialize
 from pipeline.settings import Settings
 from tests.integration.helpers import seed_tree, stop_worker
@@ -118,3 +121,40 @@ async def test_timeouts_retries_and_results_follow_arq(
     assert await fast.result(timeout=1) == "ok"
     assert await retried.result(timeout=1) == 2
     assert (worker.jobs_complete, worker.jobs_failed, worker.jobs_retried) == (2, 1, 1)
+
+
+async def test_a_stalled_database_leaves_the_backlog_in_redis(
+    producer: ArqRedis, make_worker: Callable[..., Worker], settings: Settings, engine: AsyncEngine
+) -> None:
+    await seed_tree(producer, "p", [f"n{i}" for i in range(5)])
+    await make_worker().main()
+    jobs = []
+    for version in range(1, 101):
+        job = await producer.enqueue_job(
+            "update_scores", project_id="p", scores=[score(f"n{i}", version) for i in range(5)]
+        )
+        assert job is not None
+        jobs.append(job)
+    # Two batches' worth of rows is 20 rows, 4 jobs; a claim takes at most 4 jobs more.
+    worker = make_worker(settings_overrides={"batch_max_rows": 10}, burst=False)
+    worker.claim_batch = 4
+    async with engine.connect() as blocker:
+        # Holding the project's node-update lock stalls every flush at its first statement.
+        await blocker.execute(
+            text(f"SELECT pg_advisory_lock({node_updates_lock_key(':p')})"), {"p": "p"}
+        )
+        running = asyncio.create_task(worker.main())
+        try:
+            await asyncio.sleep(1.0)
+            assert worker.job_counter <= 2 + 4 + 4
+            assert await producer.zcard(settings.queue_name) >= 90
+        finally:
+            await blocker.execute(
+                text(f"SELECT pg_advisory_unlock({node_updates_lock_key(':p')})"), {"p": "p"}
+            )
+        try:
+            for job in jobs:
+                assert (await job.result(timeout=30))["rows"] == 5
+        finally:
+            await stop_worker(worker, running)
+    assert worker.jobs_complete == 100 and worker.jobs_failed == worker.jobs_retried == 0
