@@ -4,10 +4,11 @@ The planner cannot know how many rows an ``unnest`` of parameters or a CTE over 
 nested loop that rescans such a set for every row of another is then quadratic: one
 ``update_scores`` batch of 8,650 rows once took 7 s that way. The statements are written so that
 batch-sized sets are only hashed, sorted or joined to a table through its index. These tests
-EXPLAIN each statement (every target's, every invalidation's) with 20,000 rows, through the
-worker's own engine (which plans each execution for its parameters), against a ``nodes`` table
-of 20,000 analyzed rows, and look for a CTE, recursive work table or function scanned again
-for each row of another: on both sides of a nested loop, or in a subplan that is not hashed.
+EXPLAIN each statement (every target's, every invalidation's) with a full batch of rows
+(``batch_max_rows``), through the worker's own engine (which plans each execution for its
+parameters), against a ``nodes`` table of as many analyzed rows, and look for a CTE, recursive
+work table or function scanned again for each row of another: on both sides of a nested loop, or
+in a subplan that is not hashed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pipeline.db import create_engine
 from pipeline.kinds import KINDS
 from pipeline.settings import Settings
 
-ROWS = 20_000
+ROWS = Settings().batch_max_rows
 SAMPLE: dict[str, Callable[[int], Any]] = {
     "text": lambda i: f"k{i}",
     "int8": lambda i: i,
