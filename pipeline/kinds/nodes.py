@@ -1,13 +1,13 @@
 """The node tree: ``insert_nodes``, ``update_scores`` and ``update_statuses``.
 
-Nodes are inserted if absent. A node is placed only when its parent exists already or is placed
-in the same statement (so a chain of new nodes lands together); nodes whose parent is missing
-are reported back and their jobs retried later. Scores and status are last-write-wins, each
-field with its own version, so an update of one score never undoes a newer update of the other.
-Both update kinds feed one target, so ``nodes`` rows are locked by one sorted statement per batch.
-Every change deletes the cached branch statistics of the changed nodes' ancestors; every status
-change writes an ``audit_log`` row (entity ``node``, id ``project_id/node_id``) in the same
-statement.
+Nodes are inserted if absent. A node is placed only when its parent exists already or is placed in
+the same statement (so a chain of new nodes lands together); nodes whose parent is missing are
+reported back and their jobs retried later. Scores and status are last-write-wins, each field with
+its own version, so an update of one score never undoes a newer update of the other. Both update
+kinds feed one target, so ``nodes`` rows are updated by one statement per batch, under the project's
+node-update lock. Every change deletes the cached branch statistics of the changed nodes' ancestors;
+every status change writes an ``audit_log`` row (entity ``node``, id ``project_id/node_id``) in the
+same statement.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, FiniteFloat, model_validator
 
 from pipeline.kinds.base import Invalidation, Row, Target, WriteKind
 from pipeline.kinds.fields import STRICT, JsonObject, Key, Text, Version, to_json
-from pipeline.schema.taxonomy import branch_stats_lock_key
+from pipeline.schema.taxonomy import branch_stats_lock_key, node_updates_lock_key
 
 Status = Literal["alive", "expanded", "pruned", "terminal", "failed"]
 
@@ -176,38 +176,43 @@ NODE_UPDATES = Target(
     merge=_merge_fields,
     reports_missing=True,
     invalidates=BRANCH_STATS,
-    # The rows are locked first, in key order, whatever plan the UPDATE gets: an UPDATE … FROM
-    # locks rows in its join's order, which is the array's order for a nested loop but the heap's
-    # for a hash join, and two workers on different plans would lock in opposite orders.
-    # The locked rows carry the batch's values and the old status along, so no statement part
-    # joins two batch-sized CTEs: the planner cannot estimate their sizes, and a nested loop
-    # between two of them is quadratic (7 s for 8,650 rows, once).
-    sql="""
+    # Two batches that update the same nodes must not lock them in opposite orders. An UPDATE …
+    # FROM locks rows in its join's order (the array's for a nested loop, the heap's for a hash
+    # join), so the rows alone cannot promise an order; locking them first, in key order, costs
+    # as much again as the update. Instead every batch takes its projects' node-update locks
+    # (advisory, in project order), and a statement run after that sees every earlier holder's
+    # commit: two batches of one project take turns, batches of different projects never meet.
+    sql=(
+        f"""
+        SELECT pg_advisory_xact_lock({node_updates_lock_key("p")})
+        FROM (SELECT DISTINCT p FROM unnest(CAST(:project_id AS text[])) AS p ORDER BY p) AS s
+        """,  # noqa: S608 - a constant SQL expression; no input is formatted in
+        # The old status, for the audit, is read by a subquery: a statement does not see its own
+        # changes. Rows that changed nothing are either stale or missing; only when some are is
+        # the table asked which (the one-time filter skips the anti-join otherwise).
+        """
         WITH v AS (SELECT * FROM {rows}),
-        locked AS MATERIALIZED (
-            SELECT n.status AS old_status, v.* FROM nodes n
-            JOIN v ON n.project_id = v.project_id AND n.node_id = v.node_id
-            ORDER BY n.project_id, n.node_id
-            FOR NO KEY UPDATE OF n
-        ),
         updated AS (
             UPDATE nodes AS n SET
-                rubric_score = CASE WHEN l.rubric_version > n.rubric_score_version
-                                    THEN l.rubric_score ELSE n.rubric_score END,
-                rubric_score_version = GREATEST(n.rubric_score_version, l.rubric_version),
-                ucb_score = CASE WHEN l.ucb_version > n.ucb_score_version
-                                 THEN l.ucb_score ELSE n.ucb_score END,
-                ucb_score_version = GREATEST(n.ucb_score_version, l.ucb_version),
-                status = CASE WHEN l.status_version > n.status_version
-                              THEN l.status ELSE n.status END,
-                status_version = GREATEST(n.status_version, l.status_version),
+                rubric_score = CASE WHEN v.rubric_version > n.rubric_score_version
+                                    THEN v.rubric_score ELSE n.rubric_score END,
+                rubric_score_version = GREATEST(n.rubric_score_version, v.rubric_version),
+                ucb_score = CASE WHEN v.ucb_version > n.ucb_score_version
+                                 THEN v.ucb_score ELSE n.ucb_score END,
+                ucb_score_version = GREATEST(n.ucb_score_version, v.ucb_version),
+                status = CASE WHEN v.status_version > n.status_version
+                              THEN v.status ELSE n.status END,
+                status_version = GREATEST(n.status_version, v.status_version),
                 updated_at = now()
-            FROM locked l
-            WHERE n.project_id = l.project_id AND n.node_id = l.node_id
-              AND (l.rubric_version > n.rubric_score_version
-                   OR l.ucb_version > n.ucb_score_version
-                   OR l.status_version > n.status_version)
-            RETURNING n.project_id, n.node_id, n.status, n.status_version, l.old_status, l.actor
+            FROM v
+            WHERE n.project_id = v.project_id AND n.node_id = v.node_id
+              AND (v.rubric_version > n.rubric_score_version
+                   OR v.ucb_version > n.ucb_score_version
+                   OR v.status_version > n.status_version)
+            RETURNING n.project_id, n.node_id, n.status, n.status_version, v.actor,
+                CASE WHEN v.status_version IS NOT NULL THEN (
+                    SELECT o.status FROM nodes o
+                    WHERE o.project_id = n.project_id AND o.node_id = n.node_id) END AS old_status
         ),
         audited AS (
             INSERT INTO audit_log (entity_type, entity_id, action, changes, actor)
@@ -216,11 +221,15 @@ NODE_UPDATES = Target(
                                       'version', u.status_version),
                    u.actor
             FROM updated u
-            WHERE u.status IS DISTINCT FROM u.old_status
+            WHERE u.status IS DISTINCT FROM u.old_status AND u.old_status IS NOT NULL
             ORDER BY u.project_id, u.node_id
         )
-        SELECT project_id, node_id FROM v EXCEPT SELECT project_id, node_id FROM locked
-    """,
+        SELECT v.project_id, v.node_id FROM v
+        WHERE (SELECT count(*) FROM updated) < (SELECT count(*) FROM v)
+          AND NOT EXISTS (SELECT 1 FROM nodes n
+                          WHERE n.project_id = v.project_id AND n.node_id = v.node_id)
+        """,
+    ),
 )
 
 

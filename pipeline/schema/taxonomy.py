@@ -213,3 +213,13 @@ def branch_stats_lock_key(project_sql: str) -> str:
     and delete its row.
     """
     return f"hashtextextended('pipeline.branch_stats:' || {project_sql}, 0)"
+
+
+def node_updates_lock_key(project_sql: str) -> str:
+    """SQL for the advisory-lock key a batch holds while it updates a project's nodes.
+
+    Batches take it (``pg_advisory_xact_lock``, projects in order) before their score and status
+    updates, so two batches never update one project's nodes at once and never wait on each
+    other's row locks in opposite orders.
+    """
+    return f"hashtextextended('pipeline.node_updates:' || {project_sql}, 0)"

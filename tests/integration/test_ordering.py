@@ -109,3 +109,38 @@ async def test_default_version_is_the_enqueue_time(
     state = await rows(engine, NODE_STATE)
     assert state[0][5] == "terminal"
     assert state[0][6] > int(info.enqueue_time.timestamp() * 1_000_000)
+
+
+AUDIT = """
+    SELECT entity_id, changes->>'from', changes->>'to', (changes->>'version')::int8, actor
+    FROM audit_log WHERE entity_type = 'node' AND action = 'status' ORDER BY id
+"""
+
+
+async def test_every_status_change_and_only_a_change_is_audited(
+    producer: ArqRedis, run_worker: Callable[..., Any], engine: AsyncEngine
+) -> None:
+    await seed_tree(producer, "p", ["a", "b", "c"])
+    await run_worker()
+
+    async def statuses(*items: tuple[str, str, int], actor: str | None = None) -> None:
+        await producer.enqueue_job(
+            "update_statuses",
+            project_id="p",
+            actor=actor,
+            statuses=[{"node_id": n, "status": s, "version": v} for n, s, v in items],
+        )
+        await run_worker()
+
+    await statuses(("a", "expanded", 5), ("b", "alive", 5), ("c", "pruned", 5), actor="judge")
+    # A score-only, a repeated, a stale or a re-run status update leaves no entry.
+    await producer.enqueue_job(
+        "update_scores", project_id="p", scores=[{"node_id": "b", "ucb_score": 1.0, "version": 9}]
+    )
+    await statuses(("a", "terminal", 7), ("b", "alive", 6), ("c", "alive", 4))
+    await statuses(("a", "terminal", 7))
+    assert await rows(engine, AUDIT) == [
+        ("p/a", "alive", "expanded", 5, "judge"),
+        ("p/c", "alive", "pruned", 5, "judge"),
+        ("p/a", "expanded", "terminal", 7, None),
+    ]
