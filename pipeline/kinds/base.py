@@ -98,7 +98,9 @@ class Target:
     ``sql`` is a statement template (or a sequence of them, run in order, when one statement cannot
     do it all) in which ``{rows}`` stands for ``unnest(CAST(:col AS type[]), …) AS v(col, …)``.
     When ``reports_missing`` is set, the (last) statement returns the key of every row it could
-    not apply because a row it refers to does not exist yet.
+    not apply because a row it refers to does not exist yet. ``lock``, when set, runs first, with
+    ``:scopes`` the batch's distinct values of the key's first column in order: it takes the
+    locks that keep two batches of this target from waiting on each other's rows.
     """
 
     name: str
@@ -110,7 +112,9 @@ class Target:
     merge: Merge = keep_first
     reports_missing: bool = False
     invalidates: Invalidation | None = None
+    lock: str | None = None
     statements: tuple[TextClause, ...] = field(init=False, repr=False)
+    lock_clause: TextClause | None = field(init=False, repr=False)
     key_of: Callable[[Row], Row] = field(init=False, repr=False)
     touched_of: Callable[[Row], Row] = field(init=False, repr=False)
 
@@ -121,6 +125,7 @@ class Target:
         templates = (self.sql,) if isinstance(self.sql, str) else self.sql
         statements = tuple(text(t.format(rows=rows)) for t in templates)
         object.__setattr__(self, "statements", statements)
+        object.__setattr__(self, "lock_clause", None if self.lock is None else text(self.lock))
         getter = operator.itemgetter(*(names.index(k) for k in self.key))
         key_of = getter if len(self.key) > 1 else (lambda row: (getter(row),))
         object.__setattr__(self, "key_of", key_of)
@@ -146,6 +151,9 @@ class Target:
     async def write(self, conn: AsyncConnection, rows: Sequence[Row]) -> set[Row]:
         """Execute the statements for prepared rows; the keys they could not apply."""
         names = [name for name, _ in self.columns]
+        if self.lock_clause is not None:
+            scope = names.index(self.key[0])
+            await conn.execute(self.lock_clause, {"scopes": sorted({row[scope] for row in rows})})
         params = dict(zip(names, (list(c) for c in zip(*rows, strict=True)), strict=True))
         for statement in self.statements:
             result = await conn.execute(statement, params)

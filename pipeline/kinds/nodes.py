@@ -185,15 +185,14 @@ NODE_UPDATES = Target(
     # as much again as the update. Instead every batch takes its projects' node-update locks
     # (advisory, in project order), and a statement run after that sees every earlier holder's
     # commit: two batches of one project take turns, batches of different projects never meet.
-    sql=(
-        f"""
+    lock=f"""
         SELECT pg_advisory_xact_lock({node_updates_lock_key("p")})
-        FROM (SELECT DISTINCT p FROM unnest(CAST(:project_id AS text[])) AS p ORDER BY p) AS s
-        """,  # noqa: S608 - a constant SQL expression; no input is formatted in
-        # The old status, for the audit, is read by a subquery: a statement does not see its own
-        # changes. Rows that changed nothing are either stale or missing; only when some are is
-        # the table asked which (the one-time filter skips the anti-join otherwise).
-        """
+        FROM unnest(CAST(:scopes AS text[])) AS p ORDER BY p
+    """,  # noqa: S608 - a constant SQL expression; no input is formatted in
+    # The old status, for the audit, is read by a subquery: a statement does not see its own
+    # changes. Rows that changed nothing are either stale or missing; only when some are is the
+    # table asked which (the one-time filter skips the anti-join otherwise).
+    sql="""
         WITH v AS (SELECT * FROM {rows}),
         updated AS (
             UPDATE nodes AS n SET
@@ -231,8 +230,7 @@ NODE_UPDATES = Target(
         WHERE (SELECT count(*) FROM updated) < (SELECT count(*) FROM v)
           AND NOT EXISTS (SELECT 1 FROM nodes n
                           WHERE n.project_id = v.project_id AND n.node_id = v.node_id)
-        """,
-    ),
+    """,
 )
 
 

@@ -45,6 +45,8 @@ def _statements() -> Iterator[tuple[str, str, dict[str, str]]]:
     """(name, SQL, column types) of every statement the write path runs."""
     targets = {kind.target.name: kind.target for kind in KINDS}.values()
     for target in targets:
+        if target.lock is not None:
+            yield f"{target.name}-lock", target.lock, {"scopes": "text"}
         for number, clause in enumerate(target.statements):
             yield f"{target.name}-{number}", clause.text, dict(target.columns)
     invalidations = {t.invalidates.name: t.invalidates for t in targets if t.invalidates}
