@@ -12,6 +12,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -67,9 +68,8 @@ def template_db() -> Iterator[str]:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.fixture
-async def database_url(template_db: str) -> AsyncIterator[str]:
-    """The URL of a fresh, migrated database of this test's own."""
+@asynccontextmanager
+async def _fresh_database(template_db: str) -> AsyncIterator[str]:
     name = f"pipeline_test_{uuid.uuid4().hex[:12]}"
     await _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     try:
@@ -80,6 +80,21 @@ async def database_url(template_db: str) -> AsyncIterator[str]:
         )
     finally:
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def database_url(template_db: str) -> AsyncIterator[str]:
+    """The URL of a fresh, migrated database of this test's own."""
+    async with _fresh_database(template_db) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def module_database_url(template_db: str) -> AsyncIterator[str]:
+    """The URL of a fresh, migrated database shared by one module's tests (for read-only tests
+    whose data takes long to build)."""
+    async with _fresh_database(template_db) as url:
+        yield url
 
 
 @pytest.fixture

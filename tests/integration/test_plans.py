@@ -93,23 +93,27 @@ def positional(sql: str) -> tuple[str, list[str]]:
     return re.sub(r"(?<!:):([a-z_]+)", number, sql), names
 
 
-@pytest.fixture
-async def writer(settings: Settings, engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
-    """The worker's engine, on a database whose ``nodes`` hold the batch's keys, analyzed."""
-    async with engine.begin() as conn:
-        await conn.execute(text("INSERT INTO projects (project_id, name) VALUES ('p', 'p')"))
-        await conn.execute(
-            text(
-                "INSERT INTO nodes (project_id, node_id, label) "
-                "SELECT 'p', 'k' || g, 'x' FROM generate_series(0, :n - 1) AS g"
-            ),
-            {"n": ROWS},
-        )
-    async with engine.connect() as conn:
-        await (await conn.execution_options(isolation_level="AUTOCOMMIT")).execute(text("ANALYZE"))
-    worker_engine = create_engine(settings)
-    yield worker_engine
-    await worker_engine.dispose()
+@pytest.fixture(scope="module")
+async def writer(module_database_url: str) -> AsyncIterator[AsyncEngine]:
+    """The worker's engine, on a database whose ``nodes`` hold the batch's keys, analyzed.
+
+    One database for the module: EXPLAIN writes nothing, and filling it takes long.
+    """
+    engine = create_engine(Settings(database_url=module_database_url))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO projects (project_id, name) VALUES ('p', 'p')"))
+            await conn.execute(
+                text(
+                    "INSERT INTO nodes (project_id, node_id, label) "
+                    "SELECT 'p', 'k' || g, 'x' FROM generate_series(0, :n - 1) AS g"
+                ),
+                {"n": ROWS},
+            )
+            await conn.execute(text("ANALYZE"))
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 @pytest.mark.parametrize(
