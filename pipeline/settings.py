@@ -43,7 +43,7 @@ class Settings(BaseSettings):
         default=1000, ge=1, description="Jobs one worker runs at once; batches form from these."
     )
     batch_max_rows: int = Field(
-        default=100_000, ge=1, description="Rows per flushed batch (one transaction), at most."
+        default=200_000, ge=1, description="Rows per flushed batch (one transaction), at most."
     )
     flushers: int = Field(
         default=1,

@@ -40,7 +40,7 @@ def scenarios(quick: bool) -> list[Scenario]:
     single_wide = Workload(jobs, jobs)
     batched = Workload(rows, rows // 10, per_job=100)
     ceilings = Workload(rows, rows // 10)
-    coalescing = Workload(rows // 2, rows // 20)
+    coalescing = Workload(rows, rows // 10)
     return [
         (
             "1 naive baseline",
