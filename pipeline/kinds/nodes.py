@@ -223,7 +223,7 @@ NODE_UPDATES = Target(
                                       'version', u.status_version),
                    u.actor
             FROM updated u
-            WHERE u.status IS DISTINCT FROM u.old_status AND u.old_status IS NOT NULL
+            WHERE u.status <> u.old_status  -- old_status is null for score-only rows
             ORDER BY u.project_id, u.node_id
         )
         SELECT v.project_id, v.node_id FROM v
