@@ -7,11 +7,15 @@ batch, so batches are small at low load (latency) and large at high load (throug
 group commit: there is no timer and no linger.
 
 After the commit every job in the batch gets a receipt. A transient error retries the batch with
-jittered exponential backoff, then fails every job with :class:`TransientError` (the job turns it
-into arq's ``Retry``). A data error splits the batch in halves until the job that causes it is
-alone; everything else commits. Rows a statement reports as referring to missing rows fail their
-job with :class:`MissingReference` after the rest of the batch committed (writes are idempotent,
-so the job's rerun re-applies nothing twice).
+jittered exponential backoff. If PostgreSQL then does not answer a probe, the database gate
+(:mod:`pipeline.gate`) closes: the batch goes back to the front of the queue and nothing is
+flushed until the gate opens again, so an outage costs the waiting jobs time, never an error (a
+job that waits too long hands itself back to arq). If PostgreSQL does answer, every job of the
+batch fails with :class:`TransientError` marked ``reachable`` (the job turns it into arq's
+``Retry``). A data error splits the batch in halves until the job that causes it is alone;
+everything else commits. Rows a statement reports as referring to missing rows fail their job
+with :class:`MissingReference` after the rest of the batch committed (writes are idempotent, so
+the job's rerun re-applies nothing twice).
 
 Several flushers commit batches side by side. Their batches may share keys and then wait on each
 other's row locks, which is why one is the default. The row a job refers to may sit in another
@@ -42,6 +46,7 @@ from tenacity import (
 
 from pipeline import metrics
 from pipeline.errors import DataError, MissingReference, PipelineError, TransientError, classify
+from pipeline.gate import DatabaseGate
 from pipeline.kinds.base import Invalidation, Row, Target
 
 log = structlog.get_logger("pipeline.coalescer")
@@ -89,8 +94,10 @@ class Coalescer:
         transient_retries: int,
         backoff_s: float,
         flushers: int = 1,
+        gate: DatabaseGate | None = None,
     ) -> None:
         self._engine = engine
+        self.gate = gate or DatabaseGate(engine, probe_interval_s=1.0, probe_timeout_s=5.0)
         self._max_rows = max_rows
         self._retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
@@ -117,14 +124,23 @@ class Coalescer:
             for i in range(self._flushers)
         ]
 
-    async def close(self) -> None:
-        """Flush everything pending, then stop the flusher."""
-        while self._pending or self._active:
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Flush everything pending whose job still waits, then stop the flushers and the gate.
+
+        At most ``timeout_s``: with PostgreSQL gone nothing can be flushed, and the jobs that
+        waited for it have been handed back to arq (or cancelled, to run again) by then."""
+        deadline = time.monotonic() + timeout_s
+        while (self._live_pending() or self._active) and time.monotonic() < deadline:
             self._wakeup.set()
             await asyncio.sleep(0.005)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.gate.stop()
+
+    def _live_pending(self) -> bool:
+        """Whether a pending submission's job still waits for it."""
+        return any(not sub.future.done() for sub in self._pending)
 
     async def submit(
         self, job_id: str, kind: str, target: Target, rows: list[Row], *, urgent: bool = False
@@ -142,13 +158,28 @@ class Coalescer:
             self._pending.append(submission)
         self.pending_rows += len(rows)
         self._wakeup.set()
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._discard(submission)
+            raise
+
+    def _discard(self, submission: Submission) -> None:
+        """Forget the rows of a job that stopped waiting (it was handed back to arq or cancelled;
+        its rerun submits them again), so that jobs coming and going during an outage do not
+        pile up here."""
+        try:
+            self._pending.remove(submission)
+        except ValueError:  # already taken by a flush, which drops it or settles it
+            return
+        self.pending_rows -= len(submission.rows)
 
     async def _run(self) -> None:
         while True:
             if not self._pending:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            await self.gate.wait_open()  # while PostgreSQL is gone, rows wait here
             batch = self._take()
             if not batch:
                 continue
@@ -159,7 +190,9 @@ class Coalescer:
                 await self._flush(batch, number, before)
             except Exception as exc:  # never let the flusher die: fail the batch, keep going
                 log.exception("flush failed unexpectedly", jobs=len(batch))
-                _settle({s: TransientError(f"flush failed: {exc!r}") for s in batch})
+                # Reachable: a failure that keeps recurring uses up the jobs' retry time.
+                failure = TransientError(f"flush failed: {exc!r}", reachable=True)
+                _settle(dict.fromkeys(batch, failure))
             finally:
                 self._active.discard(number)
                 self._release_held()
@@ -187,6 +220,7 @@ class Coalescer:
         started = time.perf_counter()
         flush = Flush()
         await self._commit_isolating(batch, flush)
+        requeued = await self._requeue_if_unreachable(flush.outcomes)
         # The flushes that overlapped this one: running when it began, or begun since.
         held = self._hold(flush.outcomes, before | set(range(number + 1, self._started + 1)))
         _settle(flush.outcomes)
@@ -201,6 +235,7 @@ class Coalescer:
             "retries": flush.retries,
             "failed": len(failed),
             "held": held,  # written again once the flushes running alongside have ended
+            "requeued": requeued,  # kept for when PostgreSQL answers again
             "written": _written(flush.outcomes),
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
             "at": dt.datetime.now(dt.UTC).isoformat(),
@@ -209,6 +244,24 @@ class Coalescer:
             self.last_flush["batch_ids"] = flush.batch_ids
         log.info("batch flushed", **self.last_flush)
         metrics.flushed(self.last_flush, failed)
+
+    async def _requeue_if_unreachable(
+        self, outcomes: dict[Submission, Receipt | PipelineError]
+    ) -> int:
+        """Take the transient failures out of ``outcomes``: back to the front of the queue if
+        PostgreSQL does not answer now (the gate closes), else marked ``reachable``."""
+        failed = [sub for sub, o in outcomes.items() if isinstance(o, TransientError)]
+        if not failed:
+            return 0
+        if await self.gate.check():
+            for sub in failed:
+                outcomes[sub] = TransientError(str(outcomes[sub]), reachable=True)
+            return 0
+        for sub in failed:
+            del outcomes[sub]
+        self._pending.extendleft(reversed(failed))
+        self.pending_rows += sum(len(sub.rows) for sub in failed)
+        return len(failed)
 
     def _hold(self, outcomes: dict[Submission, Receipt | PipelineError], others: set[int]) -> int:
         """Take out of ``outcomes`` the missing references another flush may yet commit."""

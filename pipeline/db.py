@@ -43,7 +43,11 @@ def create_engine(settings: Settings, *, read: bool = False) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_recycle=1800,
-        connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
+        connect_args={
+            "server_settings": {"plan_cache_mode": "force_custom_plan"},
+            # asyncpg waits 60 s by default: an unreachable host would outlast every job's wait.
+            "timeout": settings.db_connect_timeout_s,
+        },
     )
 
 

@@ -16,6 +16,7 @@ from prometheus_client import generate_latest
 from redis.asyncio import Redis
 
 from pipeline import metrics
+from pipeline.gate import DatabaseGate
 from pipeline.health import readiness
 from pipeline.settings import Settings
 
@@ -36,9 +37,12 @@ REASONS = {
 class Endpoint:
     """Serves ``/metrics`` and ``/ready`` for one worker until :meth:`close`."""
 
-    def __init__(self, settings: Settings, redis: Redis | None) -> None:
+    def __init__(
+        self, settings: Settings, redis: Redis | None, gate: DatabaseGate | None = None
+    ) -> None:
         self.settings = settings
         self.redis = redis
+        self.gate = gate
         self.port = 0
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -106,16 +110,24 @@ class Endpoint:
             for c in checks
         ]
         ready = all(c.error is None for c in checks)
+        if self.gate is not None and not self.gate.is_open:
+            ready = False
+            lines.append(
+                f"worker: holding its writes and taking no jobs since {self.gate.closed_since}, "
+                f"PostgreSQL unreachable ({self.gate.reason})"
+            )
         if not ready:
             log.warning("not ready", **{c.service: c.error for c in checks if c.error})
         body = ("\n".join(lines) + "\n").encode()
         return 200 if ready else 503, "text/plain; charset=utf-8", body
 
 
-async def start(settings: Settings, redis: Redis | None) -> Endpoint | None:
+async def start(
+    settings: Settings, redis: Redis | None, gate: DatabaseGate | None = None
+) -> Endpoint | None:
     """Start the endpoint if ``metrics_port`` is set (``PIPELINE_METRICS_PORT``), else None."""
     if settings.metrics_port is None:
         return None
-    endpoint = Endpoint(settings, redis)
+    endpoint = Endpoint(settings, redis, gate)
     await endpoint.start(settings.metrics_host, settings.metrics_port)
     return endpoint

@@ -30,7 +30,20 @@ class DataError(PipelineError):
 
 
 class TransientError(PipelineError):
-    """The database could not be reached or aborted the transaction; the batch may be retried."""
+    """The database could not be reached or aborted the transaction; the batch may be retried.
+
+    ``reachable`` is set when PostgreSQL answered a probe right after the failure (a deadlock, a
+    serialization failure): such failures are given a bounded time, while an outage is waited out.
+    """
+
+    def __init__(self, message: str = "", *, reachable: bool = False) -> None:
+        super().__init__(message)
+        self.reachable = reachable
+
+
+class NeverFinished(PipelineError):
+    """The job was started ``max_tries`` times and never finished: each run was cut short (its
+    worker killed or stopped, or the job timed out), so it is set aside instead of run again."""
 
 
 class JobFailed(PipelineError):
@@ -46,9 +59,11 @@ class JobFailed(PipelineError):
         self.message = message
 
 
-# SQLSTATE classes (first two characters) and codes that mean "try again".
-_TRANSIENT_CLASSES = {"08", "53", "57", "40"}  # connection, resources, operator, tx rollback
-_TRANSIENT_CODES = {"55P03", "55006"}  # lock not available, object in use
+# SQLSTATE classes (first two characters) and codes that mean "try again": connection, resources,
+# operator intervention, transaction rollback, system error, snapshot too old, internal error.
+_TRANSIENT_CLASSES = {"08", "53", "57", "40", "58", "72", "XX"}
+# Lock not available, object in use, read-only transaction (a primary demoted by a failover).
+_TRANSIENT_CODES = {"55P03", "55006", "25006"}
 _FOREIGN_KEY_VIOLATION = "23503"
 
 
@@ -83,6 +98,11 @@ def classify(error: BaseException) -> PipelineError:
     if isinstance(error, sa_exc.StatementError):
         return DataError(message)
     return TransientError(message)
+
+
+def describe_error(error: BaseException) -> str:
+    """``Class: first line of the message`` of an error, short enough for a log line or a probe."""
+    return f"{type(error).__name__}: {_first_line(error)}"[:300]
 
 
 def _first_line(error: BaseException) -> str:

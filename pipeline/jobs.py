@@ -4,7 +4,8 @@ arq should do with the job (complete it, retry it later, or fail it and keep a d
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import structlog
 from arq import Retry
@@ -17,11 +18,13 @@ from pipeline.errors import (
     DataError,
     InvalidPayload,
     MissingReference,
+    NeverFinished,
     PipelineError,
     TransientError,
     classify,
 )
 from pipeline.kinds.base import Row, WriteKind
+from pipeline.retries import RetryClock
 from pipeline.serialization import OVERSIZED
 from pipeline.settings import Settings
 
@@ -29,14 +32,22 @@ log = structlog.get_logger("pipeline.jobs")
 
 
 class JobRunner:
-    """Runs one write job; shared by all job functions of a worker process (kept in ``ctx``)."""
+    """Runs one write job; shared by all job functions of a worker process (kept in ``ctx``).
+
+    Every job has one deadline, a little before arq's job timeout, for everything it awaits:
+    its commit, its dead letter, the settling of a replay. A job that reaches it goes back to the
+    queue with ``Retry``, so no job ever reaches arq's timeout (which arq fails and never retries).
+    """
 
     def __init__(self, settings: Settings, engine: AsyncEngine, coalescer: Coalescer) -> None:
         self.settings = settings
         self.engine = engine
         self.coalescer = coalescer
-        # How long a job waits for its commit: a little less than arq's job timeout.
-        self.commit_wait_s = max(settings.job_timeout_s * 0.5, settings.job_timeout_s - 1.0)
+        self.gate = coalescer.gate
+        self.clock = RetryClock(settings)
+        # What is left after the commit wait is for settling: a dead letter, a hand-back.
+        self.settle_s = min(2.0, settings.job_timeout_s * 0.25)
+        self.commit_wait_s = settings.job_timeout_s - self.settle_s
 
     async def run(
         self,
@@ -49,6 +60,9 @@ class JobRunner:
         metrics.IN_FLIGHT.count += 1
         try:
             receipt = await self._run(kind, ctx, args, kwargs)
+        except asyncio.CancelledError:
+            await self._give_back(ctx)
+            raise
         except Exception as exc:
             metrics.job_finished(kind.name, _outcome(exc))
             raise
@@ -64,34 +78,50 @@ class JobRunner:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Receipt:
+        now = asyncio.get_running_loop().time()
+        deadline = now + self.commit_wait_s
+        job = _Job(kind, ctx, kwargs, deadline, deadline + self.settle_s * 0.75)
         try:
+            self._check_runs(job)
             payload = self._validate(kind, args, kwargs)
             rows = self._rows(kind, ctx, payload)
             urgent = kind.urgent(payload)
             # A waiting job keeps its rows and its raw arguments (for a dead letter), not a third
-            # copy of its items (bench scenario 4's peak RSS: 477-508 MB with it, 395-399 without).
+            # copy of its items.
             del payload
-        except InvalidPayload as exc:
-            await self._dead_letter(kind, ctx, kwargs, exc)
+        except (InvalidPayload, NeverFinished) as exc:
+            await self._dead_letter(job, exc)
             raise
+        except Exception as exc:  # input that trips a bug: set this job aside, the worker goes on
+            error = InvalidPayload(
+                f"{kind.name}: the payload cannot be read ({type(exc).__name__})"
+            )
+            await self._dead_letter(job, error)
+            raise error from exc
         try:
-            async with asyncio.timeout(self.commit_wait_s):  # no extra task, unlike wait_for
+            async with asyncio.timeout_at(job.deadline):  # no extra task, unlike wait_for
                 receipt = await self.coalescer.submit(
                     ctx["job_id"], kind.name, kind.target, rows, urgent=urgent
                 )
         except TimeoutError as exc:
-            # arq fails a job that reaches its timeout and never retries it; hand it back first.
-            raise Retry(defer=self._delay(TransientError(), ctx["job_try"])) from exc
+            reason = "PostgreSQL is unreachable" if not self.gate.is_open else "slow commit"
+            await self._hand_back(job, TransientError(f"{kind.name}: {reason}"), exc)
         except (MissingReference, TransientError) as exc:
-            if ctx["job_try"] < self.settings.max_tries:
-                raise Retry(defer=self._delay(exc, ctx["job_try"])) from exc
-            await self._dead_letter(kind, ctx, kwargs, exc)
-            raise
+            await self._hand_back(job, exc, exc)
         except DataError as exc:
-            await self._dead_letter(kind, ctx, kwargs, exc)
+            await self._dead_letter(job, exc)
             raise
-        await dead_letters.resolve(self.engine, ctx["job_id"])
+        await self._settle_replay(job)
         return receipt
+
+    def _check_runs(self, job: _Job) -> None:
+        """A job started more than ``max_tries`` times never finished any of its runs."""
+        tries = int(job.ctx["job_try"])
+        if tries > self.settings.max_tries:
+            raise NeverFinished(
+                f"{job.kind.name}: started {tries} times, and every run was cut short (its worker "
+                "was killed or stopped, or it timed out)"
+            )
 
     def _validate(self, kind: WriteKind[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if OVERSIZED in kwargs:
@@ -113,49 +143,102 @@ class JobRunner:
             )
         return rows
 
-    def _delay(self, error: PipelineError, job_try: int) -> float:
-        """Seconds before arq runs the job again, doubling from the failure's first delay."""
-        first = (
-            self.settings.reference_retry_delay_s
-            if isinstance(error, MissingReference)
-            else self.settings.transient_retry_delay_s
-        )
-        return min(first * 2.0 ** (int(job_try) - 1), 60.0)
+    async def _hand_back(self, job: _Job, error: PipelineError, cause: BaseException) -> NoReturn:
+        """Send the job back to the queue with ``Retry`` (its try given back), or dead-letter it
+        once its retry clock has run out."""
+        try:
+            async with asyncio.timeout_at(job.last_moment):
+                back = await self.clock.hand_back(job.ctx["redis"], job.ctx["job_id"], error)
+        except Exception as exc:  # Redis failed: retry anyway (this run may then cost a try)
+            log.warning("retry clock not updated", job_id=job.ctx["job_id"], error=repr(exc))
+            raise Retry(defer=self.clock.delay(error, 1)) from cause
+        if not back.give_up:
+            raise Retry(defer=back.defer_s) from cause
+        job.tries = back.returns
+        final = _gave_up(error, back.waited_s)
+        await self._dead_letter(job, final, tries_given_back=True)
+        raise final from cause
+
+    async def _give_back(self, ctx: dict[str, Any], timeout_s: float = 0.5) -> None:
+        """Give back the try of a run that ends with no fault of the job's; best effort."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.clock.give_back(ctx["redis"], ctx["job_id"])
+        except Exception as exc:  # the run then costs a try, which max_tries allows for
+            log.debug("try not given back", job_id=ctx["job_id"], error=repr(exc))
+
+    async def _settle_replay(self, job: _Job) -> None:
+        """A replayed dead letter that succeeded is deleted; if that cannot be done now, the job
+        runs again (its writes are idempotent) rather than leave the letter behind."""
+        try:
+            async with asyncio.timeout_at(job.last_moment):
+                await dead_letters.resolve(self.engine, job.ctx["job_id"])
+        except Exception as exc:
+            await self._hand_back(job, TransientError(f"{job.kind.name}: {exc!r}"), exc)
 
     async def _dead_letter(
-        self,
-        kind: WriteKind[Any],
-        ctx: dict[str, Any],
-        kwargs: dict[str, Any],
-        error: PipelineError,
+        self, job: _Job, error: PipelineError, *, tries_given_back: bool = False
     ) -> None:
+        """Record the job's dead letter; while that cannot be done (PostgreSQL unreachable), the
+        job goes back to the queue instead, with its try given back, so the record is never
+        lost."""
+        ctx, kind = job.ctx, job.kind
+        try:
+            async with asyncio.timeout_at(job.last_moment):
+                if not await self.gate.wait_open():
+                    raise TransientError("PostgreSQL is unreachable")
+                await self._record(job, error)
+        except Exception as exc:
+            log.warning("dead letter not recorded, job will run again", error=repr(classify(exc)))
+            if not tries_given_back:
+                await self._give_back(ctx)
+            raise Retry(defer=self.settings.transient_retry_delay_s) from exc
         log.warning(
             "job dead-lettered",
             job_id=ctx["job_id"],
             function=kind.name,
-            tries=ctx["job_try"],
+            tries=job.tries,
             error=type(error).__name__,
             reason=str(error),
         )
+        metrics.dead_lettered(kind.name, type(error).__name__)
+
+    async def _record(self, job: _Job, error: PipelineError) -> None:
         record = {
-            "job_id": ctx["job_id"],
-            "function": kind.name,
+            "job_id": job.ctx["job_id"],
+            "function": job.kind.name,
             "error": error,
-            "tries": ctx["job_try"],
+            "tries": job.tries,
         }
         try:
-            try:
-                await dead_letters.record(self.engine, payload=kwargs, **record)
-            except Exception as exc:
-                if isinstance(classify(exc), TransientError):
-                    raise
-                # The payload itself cannot be stored (as jsonb): keep the record, with its text.
-                unstorable = {"unstorable_payload": repr(kwargs)[:10_000]}
-                await dead_letters.record(self.engine, payload=unstorable, **record)
-        except Exception as exc:  # the record must not be lost: let arq run the job again
-            log.warning("dead letter not recorded, job will run again", error=repr(classify(exc)))
-            raise Retry(defer=self._delay(TransientError(), ctx["job_try"])) from exc
-        metrics.dead_lettered(kind.name, type(error).__name__)
+            await dead_letters.record(self.engine, payload=job.kwargs, **record)
+        except Exception as exc:
+            if isinstance(classify(exc), TransientError):
+                raise
+            # The payload itself cannot be stored (as jsonb): keep the record, with its text.
+            unstorable = {"unstorable_payload": repr(job.kwargs)[:10_000]}
+            await dead_letters.record(self.engine, payload=unstorable, **record)
+
+
+@dataclass(slots=True)
+class _Job:
+    """One run of a job, as the runner sees it."""
+
+    kind: WriteKind[Any]
+    ctx: dict[str, Any]
+    kwargs: dict[str, Any]
+    deadline: float  # loop time by which its commit must have come
+    last_moment: float  # loop time by which everything else must be done
+    tries: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tries = int(self.ctx["job_try"])
+
+
+def _gave_up(error: PipelineError, waited_s: float) -> PipelineError:
+    """The error a job is dead-lettered with once its retry clock ran out."""
+    message = f"{error} (retried for {waited_s:.1f} s while PostgreSQL was reachable)"
+    return type(error)(message)
 
 
 def _outcome(error: Exception) -> str:

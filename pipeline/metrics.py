@@ -104,6 +104,12 @@ LAST_FLUSH = Gauge(
     "Unix time of the last flush that committed rows.",
     registry=REGISTRY,
 )
+DATABASE_REACHABLE = Gauge(
+    "pipeline_database_reachable",
+    "1 while this worker reaches PostgreSQL; 0 while it holds its writes and takes no jobs "
+    "because PostgreSQL does not answer.",
+    registry=REGISTRY,
+)
 
 
 class InFlight:

@@ -67,17 +67,40 @@ class Settings(BaseSettings):
         description="How long a job waits in Redis past its due time before arq drops it "
         "(producers made by pipeline.create_pool).",
     )
-    max_tries: int = Field(default=8, ge=2, description="Tries per job before it is dead-lettered.")
+    max_tries: int = Field(
+        default=8,
+        ge=2,
+        description="Runs of a job cut short (its worker killed or stopped, a timeout) before it "
+        "is dead-lettered; a run that hands the job back to the queue does not count.",
+    )
+    retry_wait_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long a job whose writes keep failing while PostgreSQL answers (a parent "
+        "not written yet, a recurring serialization failure) is retried before it is "
+        "dead-lettered; time PostgreSQL was unreachable does not count.",
+    )
     reference_retry_delay_s: float = Field(
         default=0.5, ge=0, description="First delay before rerunning a job whose parent is missing."
     )
     transient_retry_delay_s: float = Field(
-        default=1.0, ge=0, description="First delay before rerunning a job after a database outage."
+        default=1.0, ge=0, description="First delay before rerunning a job after a database error."
+    )
+    retry_max_delay_s: float = Field(
+        default=30.0, gt=0, description="Longest delay before a job runs again (delays double)."
     )
     transient_retries: int = Field(
         default=4, ge=0, description="In-process retries of a batch on a transient database error."
     )
     transient_backoff_s: float = Field(default=0.05, ge=0, description="First backoff, doubled.")
+    database_probe_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="While PostgreSQL is unreachable, how often the worker asks if it is back.",
+    )
+    db_connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="Time to open a connection to PostgreSQL, at most."
+    )
     poll_delay_s: float = Field(default=0.005, gt=0, description="arq poll delay when idle.")
     shutdown_wait_s: int = Field(
         default=15, ge=1, description="On SIGTERM, how long running jobs may take to finish."

@@ -24,8 +24,11 @@ def settings(database_url: str, redis_url: str) -> Settings:
         redis_url=redis_url,
         queue_name=f"pipeline:test:{uuid.uuid4().hex[:8]}",
         max_tries=4,
+        retry_wait_s=1.0,
         reference_retry_delay_s=0.01,
         transient_retry_delay_s=0.02,
+        retry_max_delay_s=0.05,
+        database_probe_interval_s=0.05,
         transient_backoff_s=0.01,
         poll_delay_s=0.005,
     )
