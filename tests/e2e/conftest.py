@@ -32,8 +32,11 @@ def settings(database_url: str, redis_url: str) -> Settings:
         queue_name=f"pipeline:e2e:{uuid.uuid4().hex[:8]}",
         reference_retry_delay_s=0.05,
         transient_retry_delay_s=0.1,
+        retry_max_delay_s=1.0,
+        retry_wait_s=60.0,
+        database_probe_interval_s=0.2,
         job_timeout_s=3,  # a killed worker's jobs run again after 3 + 10 s
-        max_tries=25,  # kills and missing parents both spend tries; none may run out here
+        max_tries=10,  # only runs cut short spend tries: a job may be in flight at every kill
     )
 
 
@@ -102,14 +105,18 @@ def start_worker(
         "PIPELINE_QUEUE_NAME": settings.queue_name,
         "PIPELINE_REFERENCE_RETRY_DELAY_S": str(settings.reference_retry_delay_s),
         "PIPELINE_TRANSIENT_RETRY_DELAY_S": str(settings.transient_retry_delay_s),
+        "PIPELINE_RETRY_MAX_DELAY_S": str(settings.retry_max_delay_s),
+        "PIPELINE_RETRY_WAIT_S": str(settings.retry_wait_s),
+        "PIPELINE_DATABASE_PROBE_INTERVAL_S": str(settings.database_probe_interval_s),
         "PIPELINE_JOB_TIMEOUT_S": str(settings.job_timeout_s),
         "PIPELINE_MAX_TRIES": str(settings.max_tries),
         "PIPELINE_LOG_FORMAT": "json",
     }
     started: list[WorkerProcess] = []
 
-    def start(command: str | None = None) -> WorkerProcess:
-        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log", command or mode)
+    def start(command: str | None = None, **extra_env: str) -> WorkerProcess:
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        worker = WorkerProcess({**env, **extra_env}, log_path, command or mode)
         started.append(worker)
         return worker
 

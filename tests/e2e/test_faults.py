@@ -51,9 +51,11 @@ async def started_on(producer: ArqRedis, queue: str) -> None:
     raise AssertionError("no job finished within 15 s")
 
 
-async def settle(producer: ArqRedis, settings: Settings, workers: list[WorkerProcess]) -> None:
+async def settle(
+    producer: ArqRedis, settings: Settings, workers: list[WorkerProcess], timeout: float = DRAIN_S
+) -> None:
     """Drain the queue, then stop the workers cleanly."""
-    await drained(producer, settings.queue_name, timeout=DRAIN_S)
+    await drained(producer, settings.queue_name, timeout=timeout)
     codes = [await asyncio.to_thread(w.stop) for w in workers if w.proc.poll() is None]
     assert all(code == 0 for code in codes), [w.output()[-2000:] for w in workers]
 

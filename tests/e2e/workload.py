@@ -116,9 +116,11 @@ class Workload:
             ]
             self.jobs.append(("append_transcripts", {"transcripts": entries}))
 
-    async def enqueue(self, redis: ArqRedis) -> None:
-        """Enqueue every job with plain ``enqueue_job``."""
-        for function, kwargs in self.jobs:
+    async def enqueue(
+        self, redis: ArqRedis, jobs: list[tuple[str, dict[str, Any]]] | None = None
+    ) -> None:
+        """Enqueue every job (or just ``jobs``) with plain ``enqueue_job``."""
+        for function, kwargs in self.jobs if jobs is None else jobs:
             await redis.enqueue_job(function, **kwargs)
 
     async def check(self, engine: AsyncEngine) -> Figures:
