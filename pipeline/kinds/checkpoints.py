@@ -99,7 +99,7 @@ ACTIVATIONS = Target(
     ),
     key=("model_name", "framework"),
     merge=newest(3),
-    reports_missing=True,
+    reports=True,
     sql=(
         """
         SELECT m.id FROM model_checkpoints m
@@ -139,7 +139,9 @@ ACTIVATIONS = Target(
                    a.actor
             FROM activated a
         )
-        SELECT model_name, framework FROM v EXCEPT SELECT model_name, framework FROM target
+        SELECT 'missing', * FROM (
+            SELECT model_name, framework FROM v EXCEPT SELECT model_name, framework FROM target
+        ) m
         """,
     ),
 )

@@ -47,7 +47,7 @@ LABELED_SAMPLES = Target(
         ("metadata", "text"),
     ),
     key=("sample_id",),
-    reports_missing=True,
+    reports=True,
     sql="""
         WITH v AS (SELECT * FROM {rows}),
         placed AS (
@@ -62,7 +62,7 @@ LABELED_SAMPLES = Target(
             FROM placed ORDER BY sample_id
             ON CONFLICT (sample_id) DO NOTHING
         )
-        SELECT sample_id FROM v EXCEPT SELECT sample_id FROM placed
+        SELECT 'missing', * FROM (SELECT sample_id FROM v EXCEPT SELECT sample_id FROM placed) m
     """,
 )
 

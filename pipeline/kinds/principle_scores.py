@@ -46,7 +46,7 @@ PRINCIPLE_SCORES = Target(
         ("score", "float8"),
     ),
     key=("project_id", "node_id", "rubric_id", "rubric_version", "principle"),
-    reports_missing=True,
+    reports=True,
     sql="""
         WITH v AS (SELECT * FROM {rows}),
         resolved AS (
@@ -64,8 +64,10 @@ PRINCIPLE_SCORES = Target(
             FROM resolved ORDER BY project_id, node_id, principle_id
             ON CONFLICT (project_id, node_id, principle_id) DO NOTHING
         )
-        SELECT project_id, node_id, rubric_id, rubric_version, principle FROM v
-        EXCEPT SELECT project_id, node_id, rubric_id, rubric_version, principle FROM resolved
+        SELECT 'missing', * FROM (
+            SELECT project_id, node_id, rubric_id, rubric_version, principle FROM v
+            EXCEPT SELECT project_id, node_id, rubric_id, rubric_version, principle FROM resolved
+        ) m
     """,
 )
 

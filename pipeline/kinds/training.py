@@ -85,7 +85,7 @@ TRAINING_USED = Target(
     order=120,
     columns=(("id", "uuid"), ("training_batch_id", "text")),
     key=("id",),
-    reports_missing=True,
+    reports=True,
     # Rows are locked in key order first (see NODE_UPDATES); a row already used stays in the
     # batch it was first used in, so a re-run changes nothing.
     sql="""
@@ -101,7 +101,7 @@ TRAINING_USED = Target(
             FROM locked l
             WHERE t.id = l.id AND NOT t.used_in_training
         )
-        SELECT id FROM v EXCEPT SELECT id FROM locked
+        SELECT 'missing', id FROM (SELECT id FROM v EXCEPT SELECT id FROM locked) m
     """,
 )
 
