@@ -1,5 +1,6 @@
-"""Training data: ``record_training_data`` (insert-if-absent by id) and ``mark_training_used``
-(one set-based update that assigns many rows to a training batch)."""
+"""Training data: ``record_training_data`` (insert-if-absent by id; an example is immutable, so a
+different one under an existing id is a conflict) and ``mark_training_used`` (one set-based
+update that assigns many rows to a training batch)."""
 
 from __future__ import annotations
 
@@ -47,13 +48,23 @@ TRAINING_DATA = Target(
         ("metadata", "text"),
     ),
     key=("id",),
+    reports=True,
+    immutable=True,
+    json_columns=("evidence", "metadata"),
+    # Whether and where a row was used is not part of its definition: it is not compared.
     sql="""
-        INSERT INTO training_data (id, framework, claim_id, claim_text, evidence, validity,
-                                   confidence, metadata)
-        SELECT id, framework, claim_id, claim_text, CAST(evidence AS jsonb), validity,
-               confidence, CAST(metadata AS jsonb)
-        FROM {rows}
-        ON CONFLICT (id) DO NOTHING
+        WITH inserted AS (
+            INSERT INTO training_data (id, framework, claim_id, claim_text, evidence, validity,
+                                       confidence, metadata)
+            SELECT id, framework, claim_id, claim_text, CAST(evidence AS jsonb), validity,
+                   confidence, CAST(metadata AS jsonb)
+            FROM {rows}
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id
+        )
+        SELECT 'present', * FROM (
+            SELECT * FROM {keys} EXCEPT SELECT * FROM inserted
+        ) d WHERE (SELECT count(*) FROM inserted) < {size}
     """,
 )
 
