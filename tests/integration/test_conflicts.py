@@ -3,7 +3,8 @@
 A second, different definition under an existing identity (a rubric version, an event id…) is
 dead-lettered as a ``Conflict`` and only that job fails; the same definition again is a no-op
 that completes. Each case runs with both definitions in ONE batch (both jobs wait in the
-coalescer while an earlier flush is held) and ACROSS batches (the worker runs between them).
+coalescer while an earlier flush is held) and ACROSS batches (the worker runs between them),
+and once against a definition another transaction commits while the worker's insert waits.
 """
 
 from __future__ import annotations
@@ -382,3 +383,42 @@ async def test_an_immutable_record_keeps_its_first_definition(
     assert [tuple(r) for r in await rows(engine, case.stored)] == case.expected
     assert await scalar(engine, count) == 2
     assert len(await rows(engine, DEAD)) == 1
+
+
+async def test_a_definition_committed_while_the_insert_waits_for_it_is_compared(
+    producer: ArqRedis, engine: AsyncEngine, make_worker: Callable[..., Worker]
+) -> None:
+    # Another writer's transaction holds the event, uncommitted, when the worker's insert runs:
+    # the insert waits for it and skips the row once it commits, after the statement's snapshot
+    # was taken. The comparison must still see that row.
+    async with engine.connect() as other:
+        await other.execute(
+            text(
+                "INSERT INTO events (event_id, event_type, payload, occurred_at) "
+                "VALUES (:e, 'phase', '{\"a\": 1}', :t)"
+            ),
+            {"e": EVENT, "t": dt.datetime.fromisoformat(T0)},
+        )
+        [job] = await enqueue(producer, [event(EVENT, {"a": 2})])
+        worker = make_worker()
+        running = asyncio.create_task(worker.main())
+
+        async def insert_waits() -> bool:
+            return bool(
+                await scalar(
+                    engine,
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO events%'",
+                )
+            )
+
+        await until(insert_waits, "the worker's insert to wait for the other transaction")
+        await other.commit()
+    try:
+        await running
+    finally:
+        await worker.close()
+    assert "differs in payload" in await conflict_of(job)
+    assert await rows(engine, f"SELECT payload FROM events WHERE event_id = '{EVENT}'") == [
+        ({"a": 1},)
+    ]
