@@ -13,9 +13,11 @@ flushed until the gate opens again, so an outage costs the waiting jobs time, ne
 job that waits too long hands itself back to arq). If PostgreSQL does answer, every job of the
 batch fails with :class:`TransientError` marked ``reachable`` (the job turns it into arq's
 ``Retry``). A data error splits the batch in halves until the job that causes it is alone;
-everything else commits. Rows a statement reports as referring to missing rows fail their job
-with :class:`MissingReference` after the rest of the batch committed (writes are idempotent, so
-the job's rerun re-applies nothing twice).
+everything else commits. A :class:`Conflict` (a second, different definition of an immutable
+record, in the batch or against a stored row) is such a data error: the bisection commits the
+first definition and fails the job of the later one. Rows a statement reports as referring to
+missing rows fail their job with :class:`MissingReference` after the rest of the batch committed
+(writes are idempotent, so the job's rerun re-applies nothing twice).
 
 Several flushers commit batches side by side. Their batches may share keys and then wait on each
 other's row locks, which is why one is the default. The row a job refers to may sit in another
@@ -342,11 +344,16 @@ class Coalescer:
         try:
             async with self._engine.begin() as conn:
                 for target, rows in plan:
-                    missing[target] = await target.write(conn, rows)
+                    unapplied = await target.write(conn, rows)
+                    if unapplied.conflicts:  # raised inside, so the transaction rolls back
+                        raise target.conflict(unapplied.conflicts)
+                    missing[target] = unapplied.missing
                     if target.invalidates is not None:
                         touched[target.invalidates].extend(target.touched(rows))
                 for invalidation, keys in sorted(touched.items(), key=lambda i: i[0].name):
                     await invalidation.run(conn, keys)
+        except PipelineError:
+            raise
         except Exception as exc:
             raise classify(exc) from exc
         return uuid.uuid4().hex, missing

@@ -3,7 +3,7 @@
 Every error a job can end with derives from :class:`PipelineError`. Driver errors are translated
 here into three families: transient (retry the batch), reference (a row this write needs does
 not exist yet: retry the job later) and data (this job's rows can never be written: isolate and
-dead-letter it).
+dead-letter it). A :class:`Conflict` is a data error the write path finds itself.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ class MissingReference(PipelineError):
 
 class DataError(PipelineError):
     """PostgreSQL refused this job's rows (check, not-null, too long…); retrying cannot help."""
+
+
+class Conflict(DataError):
+    """This job defines an immutable record (a rubric version, an event…) differently from its
+    first definition, stored or earlier in the batch; the first stands, this job is refused."""
 
 
 class TransientError(PipelineError):

@@ -7,13 +7,17 @@ arguments with a pydantic model and turns them into rows of a target. Several ki
 target (``update_scores`` and ``update_statuses`` both update ``nodes``), so each table is changed
 by one sorted statement per batch and two workers never lock its rows in opposite orders.
 
-The coalescer knows only these two classes; adding a kind never touches it.
+An *immutable* target holds records that are defined once (a rubric version, an event): two rows
+of one key that differ, in one batch or against the stored row, are a :class:`Conflict`, and
+an identical row is a no-op. The coalescer knows only these classes; adding a kind never
+touches it.
 """
 
 from __future__ import annotations
 
+import json
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -21,7 +25,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pipeline.errors import InvalidPayload
+from pipeline.errors import Conflict, InvalidPayload
 
 Row = tuple[Any, ...]
 Merge = Callable[[Row, Row], Row]
@@ -41,6 +45,37 @@ def describe(error: ValidationError, limit: int = 8, *, at: tuple[str | int, ...
 def keep_first(old: Row, new: Row) -> Row:
     """Merge rule of insert-if-absent targets: the first row of a key stands."""
     return old
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Whether two decoded JSON values are equal the way ``jsonb`` compares them: numbers by
+    value, a boolean never equal to a number, objects whatever their key order."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(same_json, a, b))
+    return type(a) is type(b) and bool(a == b)
+
+
+def stored_differs(
+    table: str, key: Sequence[str], compared: Sequence[str], json_columns: Sequence[str] = ()
+) -> str:
+    """The conflicts statement of an immutable target whose columns are its table's: the key of
+    every sent row whose stored row differs, and which columns differ (JSON as ``jsonb``)."""
+    sent = {c: f"CAST(v.{c} AS jsonb)" if c in json_columns else f"v.{c}" for c in compared}
+    differ = ", ".join(f"CASE WHEN t.{c} IS DISTINCT FROM {sent[c]} THEN '{c}' END" for c in sent)
+    on = " AND ".join(f"t.{k} = v.{k}" for k in key)
+    # Only the target's own column and table names are formatted in: no input reaches this SQL.
+    return f"""
+        SELECT {", ".join(key)}, 'differs in ' || array_to_string(differ, ', ') FROM (
+            SELECT {", ".join(f"v.{k}" for k in key)}, array_remove(ARRAY[{differ}], NULL) AS differ
+            FROM {{rows}} JOIN {table} t ON {on}
+        ) d WHERE cardinality(differ) > 0
+    """  # noqa: S608
 
 
 def newest(version_index: int) -> Merge:
@@ -91,16 +126,36 @@ class Invalidation:
             await conn.execute(clause, params)
 
 
+@dataclass(frozen=True)
+class Unapplied:
+    """What a target's statements could not apply: the keys whose rows refer to rows that do not
+    exist yet, and the keys an immutable target holds a different definition of (with what
+    differs, in a value-free phrase)."""
+
+    missing: set[Row] = field(default_factory=set)
+    conflicts: Mapping[Row, str] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, eq=False)
 class Target:
     """Set-based SQL for one table: the rows of a batch, merged, sorted, sent as arrays.
 
     ``sql`` is a statement template (or a sequence of them, run in order, when one statement cannot
-    do it all) in which ``{rows}`` stands for ``unnest(CAST(:col AS type[]), …) AS v(col, …)``.
-    When ``reports_missing`` is set, the (last) statement returns the key of every row it could
-    not apply because a row it refers to does not exist yet. ``lock``, when set, runs first, with
-    ``:scopes`` the batch's distinct values of the key's first column in order: it takes the
-    locks that keep two batches of this target from waiting on each other's rows.
+    do it all) in which ``{rows}`` stands for ``unnest(CAST(:col AS type[]), …) AS v(col, …)``,
+    ``{keys}`` for the same of the key's columns only (``AS k(…)``) and ``{size}`` for the
+    number of rows. When ``reports`` is set, the (last) statement returns ``(problem, *key)``
+    rows: ``'missing'`` for a row it could not apply because a row it refers to does not exist
+    yet, ``'present'`` for a row an immutable target did not insert because its key exists.
+    ``lock``, when set, runs first, with ``:scopes`` the batch's distinct values of the key's
+    first column in order: it takes the locks that keep two batches of this target from waiting
+    on each other's rows.
+
+    ``immutable`` targets merge two rows of one key only when they are the same definition
+    (``json_columns`` compared as JSON values) and raise :class:`Conflict` otherwise. Their
+    ``conflicts`` statement (over ``{rows}``: the present rows only; by default every column
+    compared with the table's column of the same name) returns ``(*key, detail)`` for every row
+    whose stored definition differs. It runs as a statement of its own, so its snapshot sees a
+    row that another transaction committed while the insert waited for it.
     """
 
     name: str
@@ -110,22 +165,45 @@ class Target:
     key: tuple[str, ...]
     sql: str | tuple[str, ...]
     merge: Merge = keep_first
-    reports_missing: bool = False
+    reports: bool = False
     invalidates: Invalidation | None = None
     lock: str | None = None
+    immutable: bool = False
+    conflicts: str | None = None
+    json_columns: tuple[str, ...] = ()
     statements: tuple[TextClause, ...] = field(init=False, repr=False)
     lock_clause: TextClause | None = field(init=False, repr=False)
+    conflicts_clause: TextClause | None = field(init=False, repr=False)
     key_of: Callable[[Row], Row] = field(init=False, repr=False)
     touched_of: Callable[[Row], Row] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         names = [name for name, _ in self.columns]
-        unnest = ", ".join(f"CAST(:{name} AS {pg}[])" for name, pg in self.columns)
-        rows = f"unnest({unnest}) AS v({', '.join(names)})"
+        arrays = {name: f"CAST(:{name} AS {pg}[])" for name, pg in self.columns}
+        parts = {
+            "rows": f"unnest({', '.join(arrays.values())}) AS v({', '.join(names)})",
+            "keys": f"unnest({', '.join(arrays[k] for k in self.key)}) AS k({', '.join(self.key)})",
+            "size": f"cardinality({arrays[self.key[0]]})",
+        }
         templates = (self.sql,) if isinstance(self.sql, str) else self.sql
-        statements = tuple(text(t.format(rows=rows)) for t in templates)
+        statements = tuple(text(t.format(**parts)) for t in templates)
         object.__setattr__(self, "statements", statements)
         object.__setattr__(self, "lock_clause", None if self.lock is None else text(self.lock))
+        conflicts = self.conflicts
+        if self.immutable:
+            if not self.reports or self.merge is not keep_first:
+                raise ValueError(f"{self.name}: an immutable target reports and keeps the first")
+            object.__setattr__(self, "merge", self._same_definition)
+            if conflicts is None:
+                compared = [name for name in names if name not in self.key]
+                conflicts = stored_differs(self.table, self.key, compared, self.json_columns)
+        elif conflicts is not None:
+            raise ValueError(f"{self.name}: only an immutable target has a conflicts statement")
+        clause = None if conflicts is None else text(conflicts.format(**parts))
+        object.__setattr__(self, "conflicts_clause", clause)
+        unknown = set(self.json_columns) - set(names)
+        if unknown:
+            raise ValueError(f"{self.name}: json_columns {sorted(unknown)} are not columns")
         getter = operator.itemgetter(*(names.index(k) for k in self.key))
         key_of = getter if len(self.key) > 1 else (lambda row: (getter(row),))
         object.__setattr__(self, "key_of", key_of)
@@ -148,18 +226,69 @@ class Target:
             merged[key] = row if old is None else merge(old, row)
         return [merged[key] for key in sorted(merged)]
 
-    async def write(self, conn: AsyncConnection, rows: Sequence[Row]) -> set[Row]:
-        """Execute the statements for prepared rows; the keys they could not apply."""
+    def differences(self, old: Row, new: Row) -> list[str]:
+        """The columns in which two rows differ (``json_columns`` compared as JSON values)."""
+        if old == new:
+            return []
+        return [
+            name
+            for (name, _), a, b in zip(self.columns, old, new, strict=True)
+            if a != b
+            and not (
+                name in self.json_columns
+                and isinstance(a, str)
+                and isinstance(b, str)
+                and same_json(json.loads(a), json.loads(b))
+            )
+        ]
+
+    def _same_definition(self, old: Row, new: Row) -> Row:
+        """The merge of an immutable target: one definition sent twice is one row."""
+        differ = self.differences(old, new)
+        if differ:
+            raise Conflict(
+                f"{self.name} {self.describe(self.key_of(old))}: sent twice with different "
+                f"definitions (differs in {', '.join(differ)}); the first stands"
+            )
+        return old
+
+    def describe(self, key: Row) -> str:
+        """A key as ``(column=value, …)``: an identity, so fit for a log or a dead letter."""
+        return "(" + ", ".join(f"{k}={v}" for k, v in zip(self.key, key, strict=True)) + ")"
+
+    def conflict(self, conflicts: Mapping[Row, str]) -> Conflict:
+        """The error for keys whose stored definition differs from the one sent."""
+        key = min(conflicts)
+        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        return Conflict(
+            f"{self.name} {self.describe(key)}: a different definition is already written "
+            f"({conflicts[key]}){more}; the first stands"
+        )
+
+    def _params(self, rows: Sequence[Row]) -> dict[str, list[Any]]:
         names = [name for name, _ in self.columns]
+        return dict(zip(names, (list(c) for c in zip(*rows, strict=True)), strict=True))
+
+    async def write(self, conn: AsyncConnection, rows: Sequence[Row]) -> Unapplied:
+        """Execute the statements for prepared rows; what they could not apply."""
         if self.lock_clause is not None:
-            scope = names.index(self.key[0])
+            scope = [name for name, _ in self.columns].index(self.key[0])
             await conn.execute(self.lock_clause, {"scopes": sorted({row[scope] for row in rows})})
-        params = dict(zip(names, (list(c) for c in zip(*rows, strict=True)), strict=True))
+        params = self._params(rows)
         for statement in self.statements:
             result = await conn.execute(statement, params)
-        if not self.reports_missing:
-            return set()
-        return {tuple(r) for r in result}
+        if not self.reports:
+            return Unapplied()
+        found: dict[str, set[Row]] = {"missing": set(), "present": set()}
+        for problem, *key in result:
+            found[problem].add(tuple(key))
+        present = found["present"]
+        if not present or self.conflicts_clause is None:
+            return Unapplied(found["missing"])
+        key_of = self.key_of
+        sent = self._params([row for row in rows if key_of(row) in present])
+        differing = await conn.execute(self.conflicts_clause, sent)
+        return Unapplied(found["missing"], {tuple(key): detail for *key, detail in differing})
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Model checkpoints: ``register_checkpoint`` (insert-if-absent by (model, version)) and
+"""Model checkpoints: ``register_checkpoint`` (insert-if-absent by (model, version); a checkpoint
+is immutable, so a different one under an existing (model, version) is a conflict) and
 ``activate_checkpoint``.
 
 At most one checkpoint is active per (model, framework), enforced by a partial unique index.
@@ -43,13 +44,23 @@ CHECKPOINTS = Target(
         ("training_config", "text"),
     ),
     key=("model_name", "version"),
+    reports=True,
+    immutable=True,
+    json_columns=("metrics", "training_config"),
+    # Activation is not part of a checkpoint's definition: it is not compared.
     sql="""
-        INSERT INTO model_checkpoints (model_name, version, framework, checkpoint_path, metrics,
-                                       training_config)
-        SELECT model_name, version, framework, checkpoint_path, CAST(metrics AS jsonb),
-               CAST(training_config AS jsonb)
-        FROM {rows}
-        ON CONFLICT (model_name, version) DO NOTHING
+        WITH inserted AS (
+            INSERT INTO model_checkpoints (model_name, version, framework, checkpoint_path,
+                                           metrics, training_config)
+            SELECT model_name, version, framework, checkpoint_path, CAST(metrics AS jsonb),
+                   CAST(training_config AS jsonb)
+            FROM {rows}
+            ON CONFLICT (model_name, version) DO NOTHING
+            RETURNING model_name, version
+        )
+        SELECT 'present', * FROM (
+            SELECT * FROM {keys} EXCEPT SELECT * FROM inserted
+        ) d WHERE (SELECT count(*) FROM inserted) < {size}
     """,
 )
 
@@ -99,7 +110,7 @@ ACTIVATIONS = Target(
     ),
     key=("model_name", "framework"),
     merge=newest(3),
-    reports_missing=True,
+    reports=True,
     sql=(
         """
         SELECT m.id FROM model_checkpoints m
@@ -139,7 +150,9 @@ ACTIVATIONS = Target(
                    a.actor
             FROM activated a
         )
-        SELECT model_name, framework FROM v EXCEPT SELECT model_name, framework FROM target
+        SELECT 'missing', * FROM (
+            SELECT model_name, framework FROM v EXCEPT SELECT model_name, framework FROM target
+        ) m
         """,
     ),
 )

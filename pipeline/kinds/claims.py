@@ -3,7 +3,8 @@
 
 Claims and consensus decisions are last-write-wins by version and audited (``audit_log`` rows
 with the state before and after, written by the same statement). Verification results are
-append-only, insert-if-absent by ``result_id``. A verification or decision names its claim by
+append-only and immutable, insert-if-absent by ``result_id`` (a different result under an
+existing id is a conflict). A verification or decision names its claim by
 the claim's external id; it does not need the claim to exist first.
 """
 
@@ -143,13 +144,22 @@ VERIFICATIONS = Target(
         ("model_version", "text"),
     ),
     key=("result_id",),
+    reports=True,
+    immutable=True,
+    json_columns=("result", "evidence"),
     sql="""
-        INSERT INTO verification_results (result_id, claim_id, framework, result, confidence,
-                                          evidence, processing_time_ms, model_version)
-        SELECT result_id, claim_id, framework, CAST(result AS jsonb), confidence,
-               CAST(evidence AS jsonb), processing_time_ms, model_version
-        FROM {rows}
-        ON CONFLICT (result_id) DO NOTHING
+        WITH inserted AS (
+            INSERT INTO verification_results (result_id, claim_id, framework, result, confidence,
+                                              evidence, processing_time_ms, model_version)
+            SELECT result_id, claim_id, framework, CAST(result AS jsonb), confidence,
+                   CAST(evidence AS jsonb), processing_time_ms, model_version
+            FROM {rows}
+            ON CONFLICT (result_id) DO NOTHING
+            RETURNING result_id
+        )
+        SELECT 'present', * FROM (
+            SELECT * FROM {keys} EXCEPT SELECT * FROM inserted
+        ) d WHERE (SELECT count(*) FROM inserted) < {size}
     """,
 )
 

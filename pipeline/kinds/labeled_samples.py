@@ -1,6 +1,7 @@
 """``save_labeled_samples``: human feedback on nodes, insert-if-absent by ``sample_id``.
 
-A sample of a node that does not exist yet is reported back and its job retried later.
+A sample of a node that does not exist yet is reported back and its job retried later. A sample
+is immutable: the same one again is a no-op, a different one under its id a conflict.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ LABELED_SAMPLES = Target(
         ("metadata", "text"),
     ),
     key=("sample_id",),
-    reports_missing=True,
+    reports=True,
+    immutable=True,
+    json_columns=("metadata",),
     sql="""
         WITH v AS (SELECT * FROM {rows}),
         placed AS (
@@ -61,8 +64,13 @@ LABELED_SAMPLES = Target(
                    CAST(metadata AS jsonb)
             FROM placed ORDER BY sample_id
             ON CONFLICT (sample_id) DO NOTHING
+            RETURNING sample_id
         )
-        SELECT sample_id FROM v EXCEPT SELECT sample_id FROM placed
+        SELECT 'missing', * FROM (SELECT sample_id FROM v EXCEPT SELECT sample_id FROM placed) m
+        UNION ALL
+        SELECT 'present', * FROM (
+            SELECT sample_id FROM placed EXCEPT SELECT sample_id FROM inserted
+        ) p WHERE (SELECT count(*) FROM inserted) < (SELECT count(*) FROM placed)
     """,
 )
 

@@ -107,7 +107,7 @@ NODES = Target(
         ("metadata", "text"),
     ),
     key=("project_id", "node_id"),
-    reports_missing=True,
+    reports=True,
     invalidates=BRANCH_STATS,
     sql="""
         WITH RECURSIVE v AS (SELECT * FROM {rows}),
@@ -129,7 +129,9 @@ NODES = Target(
             ORDER BY v.project_id, v.node_id
             ON CONFLICT (project_id, node_id) DO NOTHING
         )
-        SELECT project_id, node_id FROM v EXCEPT SELECT project_id, node_id FROM placed
+        SELECT 'missing', * FROM (
+            SELECT project_id, node_id FROM v EXCEPT SELECT project_id, node_id FROM placed
+        ) m
     """,
 )
 
@@ -177,7 +179,7 @@ NODE_UPDATES = Target(
     ),
     key=("project_id", "node_id"),
     merge=_merge_fields,
-    reports_missing=True,
+    reports=True,
     invalidates=BRANCH_STATS,
     # Two batches that update the same nodes must not lock them in opposite orders. An UPDATE …
     # FROM locks rows in its join's order (the array's for a nested loop, the heap's for a hash
@@ -226,7 +228,7 @@ NODE_UPDATES = Target(
             WHERE u.status <> u.old_status  -- old_status is null for score-only rows
             ORDER BY u.project_id, u.node_id
         )
-        SELECT v.project_id, v.node_id FROM v
+        SELECT 'missing', v.project_id, v.node_id FROM v
         WHERE (SELECT count(*) FROM updated) < (SELECT count(*) FROM v)
           AND NOT EXISTS (SELECT 1 FROM nodes n
                           WHERE n.project_id = v.project_id AND n.node_id = v.node_id)

@@ -1,9 +1,11 @@
 """``save_principle_scores``: a node's score on each principle of a rubric version.
 
 Insert-if-absent by (node, principle, rubric version): a score for a rubric version never
-changes, which keeps the read-side cache coherent without invalidation. The principle's real id
+changes, which keeps the read-side cache coherent without invalidation. The same score again is
+a no-op; a different one is a conflict, and the first stands. The principle's real id
 is looked up by name; a score whose node or principle does not exist yet is reported back and
-its job retried later.
+its job retried later. A score that was not inserted is named again by its principle's name
+(looked up by id) for the conflicts check.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ PRINCIPLE_SCORES = Target(
         ("score", "float8"),
     ),
     key=("project_id", "node_id", "rubric_id", "rubric_version", "principle"),
-    reports_missing=True,
+    reports=True,
+    immutable=True,
     sql="""
         WITH v AS (SELECT * FROM {rows}),
         resolved AS (
@@ -63,9 +66,31 @@ PRINCIPLE_SCORES = Target(
             SELECT project_id, node_id, principle_id, rubric_id, rubric_version, score
             FROM resolved ORDER BY project_id, node_id, principle_id
             ON CONFLICT (project_id, node_id, principle_id) DO NOTHING
+            RETURNING project_id, node_id, principle_id
         )
-        SELECT project_id, node_id, rubric_id, rubric_version, principle FROM v
-        EXCEPT SELECT project_id, node_id, rubric_id, rubric_version, principle FROM resolved
+        SELECT 'missing', * FROM (
+            SELECT project_id, node_id, rubric_id, rubric_version, principle FROM v
+            EXCEPT SELECT project_id, node_id, rubric_id, rubric_version, principle FROM resolved
+        ) m
+        UNION ALL
+        SELECT 'present', d.project_id, d.node_id, p.rubric_id, p.rubric_version, p.name
+        FROM (SELECT project_id, node_id, principle_id FROM resolved
+              EXCEPT SELECT project_id, node_id, principle_id FROM inserted) d
+        JOIN rubric_principles p ON p.principle_id = d.principle_id
+        WHERE (SELECT count(*) FROM inserted) < (SELECT count(*) FROM resolved)
+    """,
+    # The table keys a score by the principle's id; the batch names the principle.
+    conflicts="""
+        SELECT v.project_id, v.node_id, v.rubric_id, v.rubric_version, v.principle,
+               'differs in score'
+        FROM {rows}
+        JOIN rubric_principles p
+          ON p.project_id = v.project_id AND p.rubric_id = v.rubric_id
+         AND p.rubric_version = v.rubric_version AND p.name = v.principle
+        JOIN principle_scores s
+          ON s.project_id = v.project_id AND s.node_id = v.node_id
+         AND s.principle_id = p.principle_id
+        WHERE s.score IS DISTINCT FROM v.score
     """,
 )
 

@@ -1,6 +1,7 @@
 """The agent task runner: ``append_transcripts`` and ``record_events``, both append-only.
 
 Transcript entries are insert-if-absent by (task, phase, iteration, seq); events by ``event_id``.
+Both are immutable: the same entry again is a no-op, a different one under its key a conflict.
 ``record_events(..., urgent=True)`` puts the job ahead of everything the coalescer holds, for the
 events (a phase completing) that must not wait behind a backlog.
 """
@@ -50,10 +51,20 @@ TRANSCRIPTS = Target(
         ("timestamp", "timestamptz"),
     ),
     key=("task_id", "phase", "iteration", "seq"),
+    reports=True,
+    immutable=True,
+    # The keys not inserted are looked for only when the insert returned fewer rows than it was
+    # sent (a one-time filter): the common case reads no more than the inserted keys.
     sql="""
-        INSERT INTO transcripts (task_id, phase, iteration, seq, role, content, timestamp)
-        SELECT * FROM {rows}
-        ON CONFLICT (task_id, phase, iteration, seq) DO NOTHING
+        WITH inserted AS (
+            INSERT INTO transcripts (task_id, phase, iteration, seq, role, content, timestamp)
+            SELECT * FROM {rows}
+            ON CONFLICT (task_id, phase, iteration, seq) DO NOTHING
+            RETURNING task_id, phase, iteration, seq
+        )
+        SELECT 'present', * FROM (
+            SELECT * FROM {keys} EXCEPT SELECT * FROM inserted
+        ) d WHERE (SELECT count(*) FROM inserted) < {size}
     """,
 )
 
@@ -103,11 +114,20 @@ EVENTS = Target(
         ("duration_ms", "int4"),
     ),
     key=("event_id",),
+    reports=True,
+    immutable=True,
+    json_columns=("payload",),
     sql="""
-        INSERT INTO events (event_id, task_id, event_type, payload, occurred_at, duration_ms)
-        SELECT event_id, task_id, event_type, CAST(payload AS jsonb), occurred_at, duration_ms
-        FROM {rows}
-        ON CONFLICT (event_id) DO NOTHING
+        WITH inserted AS (
+            INSERT INTO events (event_id, task_id, event_type, payload, occurred_at, duration_ms)
+            SELECT event_id, task_id, event_type, CAST(payload AS jsonb), occurred_at, duration_ms
+            FROM {rows}
+            ON CONFLICT (event_id) DO NOTHING
+            RETURNING event_id
+        )
+        SELECT 'present', * FROM (
+            SELECT * FROM {keys} EXCEPT SELECT * FROM inserted
+        ) d WHERE (SELECT count(*) FROM inserted) < {size}
     """,
 )
 

@@ -1,5 +1,6 @@
-"""Training data: ``record_training_data`` (insert-if-absent by id) and ``mark_training_used``
-(one set-based update that assigns many rows to a training batch)."""
+"""Training data: ``record_training_data`` (insert-if-absent by id; an example is immutable, so a
+different one under an existing id is a conflict) and ``mark_training_used`` (one set-based
+update that assigns many rows to a training batch)."""
 
 from __future__ import annotations
 
@@ -47,13 +48,23 @@ TRAINING_DATA = Target(
         ("metadata", "text"),
     ),
     key=("id",),
+    reports=True,
+    immutable=True,
+    json_columns=("evidence", "metadata"),
+    # Whether and where a row was used is not part of its definition: it is not compared.
     sql="""
-        INSERT INTO training_data (id, framework, claim_id, claim_text, evidence, validity,
-                                   confidence, metadata)
-        SELECT id, framework, claim_id, claim_text, CAST(evidence AS jsonb), validity,
-               confidence, CAST(metadata AS jsonb)
-        FROM {rows}
-        ON CONFLICT (id) DO NOTHING
+        WITH inserted AS (
+            INSERT INTO training_data (id, framework, claim_id, claim_text, evidence, validity,
+                                       confidence, metadata)
+            SELECT id, framework, claim_id, claim_text, CAST(evidence AS jsonb), validity,
+                   confidence, CAST(metadata AS jsonb)
+            FROM {rows}
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id
+        )
+        SELECT 'present', * FROM (
+            SELECT * FROM {keys} EXCEPT SELECT * FROM inserted
+        ) d WHERE (SELECT count(*) FROM inserted) < {size}
     """,
 )
 
@@ -85,7 +96,7 @@ TRAINING_USED = Target(
     order=120,
     columns=(("id", "uuid"), ("training_batch_id", "text")),
     key=("id",),
-    reports_missing=True,
+    reports=True,
     # Rows are locked in key order first (see NODE_UPDATES); a row already used stays in the
     # batch it was first used in, so a re-run changes nothing.
     sql="""
@@ -101,7 +112,7 @@ TRAINING_USED = Target(
             FROM locked l
             WHERE t.id = l.id AND NOT t.used_in_training
         )
-        SELECT id FROM v EXCEPT SELECT id FROM locked
+        SELECT 'missing', id FROM (SELECT id FROM v EXCEPT SELECT id FROM locked) m
     """,
 )
 

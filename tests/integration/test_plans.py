@@ -4,11 +4,11 @@ The planner cannot know how many rows an ``unnest`` of parameters or a CTE over 
 nested loop that rescans such a set for every row of another is then quadratic: one
 ``update_scores`` batch of 8,650 rows once took 7 s that way. The statements are written so that
 batch-sized sets are only hashed, sorted or joined to a table through its index. These tests
-EXPLAIN each statement (every target's, every invalidation's) with a full batch of rows
-(``batch_max_rows``), through the worker's own engine (which plans each execution for its
-parameters), against a ``nodes`` table of as many analyzed rows, and look for a CTE, recursive
-work table or function scanned again for each row of another: on both sides of a nested loop, or
-in a subplan that is not hashed.
+EXPLAIN each statement (every target's and its conflicts check's, every invalidation's) with a
+full batch of rows (``batch_max_rows``), through the worker's own engine (which plans each
+execution for its parameters), against a ``nodes`` table of as many analyzed rows, and look for
+a CTE, recursive work table or function scanned again for each row of another: on both sides of
+a nested loop, or in a subplan that is not hashed.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ def _statements() -> Iterator[tuple[str, str, dict[str, str]]]:
             yield f"{target.name}-lock", target.lock, {"scopes": "text"}
         for number, clause in enumerate(target.statements):
             yield f"{target.name}-{number}", clause.text, dict(target.columns)
+        if target.conflicts_clause is not None:
+            yield f"{target.name}-conflicts", target.conflicts_clause.text, dict(target.columns)
     invalidations = {t.invalidates.name: t.invalidates for t in targets if t.invalidates}
     for invalidation in invalidations.values():
         columns = dict.fromkeys(invalidation.columns, "text")

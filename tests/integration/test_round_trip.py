@@ -97,7 +97,7 @@ async def test_every_kind_round_trips(
     ]
     worker = await run_worker()
     assert worker.jobs_failed == 0
-    assert [(await job.result(timeout=5))["rows"] for job in jobs] == [1, 2, 3, 2, 1, 2, 1]
+    assert [(await job.result(timeout=5))["rows"] for job in jobs] == [1, 1, 3, 2, 1, 2, 1]
 
     reads = TaxonomyReads(engine)
     project = await rows(engine, "SELECT name, config FROM projects WHERE project_id = 'p'")
