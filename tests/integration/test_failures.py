@@ -111,10 +111,7 @@ async def test_invalid_payload_fails_alone_with_a_clear_message(
     assert await scalar(engine, "SELECT count(*) FROM nodes WHERE ucb_score IS NOT NULL") == 20
     failed = await failure(bad)
     assert failed.kind == "InvalidPayload"
-    assert failed.message == (
-        "update_scores: scores.0.ucb_score: "
-        "Input should be a valid number, unable to parse string as a number"
-    )
+    assert failed.message == "update_scores: scores.0.ucb_score: Input should be a valid number"
     assert [(await job.result(timeout=5))["rows"] for job in good] == [1] * 20
     assert (await failure(positional)).message.endswith("keyword arguments only, got 1 positional")
     dead = await rows(engine, DEAD)
