@@ -144,14 +144,7 @@ class JobRunner:
             "tries": ctx["job_try"],
         }
         try:
-            try:
-                await dead_letters.record(self.engine, payload=kwargs, **record)
-            except Exception as exc:
-                if isinstance(classify(exc), TransientError):
-                    raise
-                # The payload itself cannot be stored (as jsonb): keep the record, with its text.
-                unstorable = {"unstorable_payload": repr(kwargs)[:10_000]}
-                await dead_letters.record(self.engine, payload=unstorable, **record)
+            await dead_letters.keep(self.engine, payload=kwargs, **record)
         except Exception as exc:  # the record must not be lost: let arq run the job again
             log.warning("dead letter not recorded, job will run again", error=repr(classify(exc)))
             raise Retry(defer=self._delay(TransientError(), ctx["job_try"])) from exc

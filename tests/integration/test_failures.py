@@ -1,5 +1,6 @@
 """Failure isolation: missing references retry then dead-letter, bad input and data errors sink
-only their own job, transient errors retry the batch, pickled jobs never run."""
+only their own job, transient errors retry the batch, pickled jobs never run (they are
+dead-lettered)."""
 
 from __future__ import annotations
 
@@ -252,4 +253,7 @@ async def test_pickled_jobs_are_refused_and_the_worker_goes_on(
             _deserializer=producer.job_deserializer,
         )
     )
-    assert failed.kind == "DeserializationError"
+    assert (failed.kind, failed.message) == ("UndeliverableJob", "pickle is not accepted")
+    assert await rows(engine, "SELECT function, raw FROM dead_letters") == [
+        ("pipeline_undeliverable", raw)
+    ]
