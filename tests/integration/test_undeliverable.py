@@ -146,11 +146,11 @@ async def test_a_dead_letter_that_cannot_be_written_leaves_the_job_queued(
         return int(await producer.get(retry_key_prefix + bad) or 0)
 
     for _ in range(3000):
-        if await tries() >= 3:
+        if await tries() >= 3 or draining.done():
             break
         await asyncio.sleep(0.01)
     # tried three times with PostgreSQL gone: still queued, with its bytes, and no letter
-    assert not draining.done()
+    assert await tries() >= 3 and not draining.done()
     assert await producer.get(job_key_prefix + bad) == case.data
     assert await producer.zscore(settings.queue_name, bad) is not None
     assert await rows(engine, LETTERS) == []
@@ -178,15 +178,23 @@ async def test_deep_json_is_rejected_at_validation_or_before(
     deep = await producer.enqueue_job("insert_nodes", **nodes("deep", 200))
     # 990 levels: what once raised RecursionError in the JSON encoder (and in arq's log line)
     deeper = await producer.enqueue_job("insert_nodes", **nodes("deeper", 990))
-    assert fine is not None and deep is not None and deeper is not None
+    # deep junk where text belongs: refused by its type, and stored with the letter
+    junk = {"project_id": "p", "nodes": [{"node_id": "j", "label": deep_metadata(400)}]}
+    label = await producer.enqueue_job("insert_nodes", **junk)
+    assert fine is not None and deep is not None and deeper is not None and label is not None
     sent = await producer.get(job_key_prefix + deeper.job_id)
 
     worker = await drain()
 
-    assert worker.jobs_failed == 2
+    assert worker.jobs_failed == 3
     assert (await fine.result(timeout=5))["rows"] == 1
     letters = {letter.job_id: letter for letter in await rows(engine, LETTERS)}
-    assert len(letters) == 2
+    assert len(letters) == 3
+    assert letters[label.job_id].error_message == (
+        "insert_nodes: nodes.0.label: Input should be a valid string"
+    )
+    assert letters[label.job_id].raw is None
+    assert letters[label.job_id].payload["nodes"][0]["node_id"] == "j"
     shallow = letters[deep.job_id]
     assert (shallow.function, shallow.error_class, shallow.raw) == (
         "insert_nodes",
@@ -206,7 +214,7 @@ async def test_deep_json_is_rejected_at_validation_or_before(
         sent,
     )
     assert deepest.error_message == f"insert_nodes: nested deeper than {JOB_MAX_DEPTH} levels"
-    for job in (deep, deeper):
+    for job in (deep, deeper, label):
         with pytest.raises(JobFailed) as failed:
             await job.result(timeout=5)
         assert failed.value.kind == "InvalidPayload"
