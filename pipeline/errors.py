@@ -22,8 +22,8 @@ class InvalidPayload(PipelineError):
 
 
 class UndeliverableJob(PipelineError):
-    """The job cannot be handed to a function as sent (not msgpack, not an arq job, a function
-    this worker does not have); it is dead-lettered with its raw bytes, unrun."""
+    """The job cannot be handed to a function as sent (not msgpack, nested too deep, not an arq
+    job, a function this worker does not have); it is dead-lettered with its raw bytes, unrun."""
 
 
 class MissingReference(PipelineError):
