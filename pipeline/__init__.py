@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pipeline.client import PipelineClient, Receipt, create_pool
     from pipeline.errors import JobFailed, PipelineError
+    from pipeline.serialization import UNDELIVERABLE
     from pipeline.worker import WorkerSettings
 
 _EXPORTS = {
@@ -21,9 +22,11 @@ _EXPORTS = {
     "Receipt": "pipeline.client",
     "JobFailed": "pipeline.errors",
     "PipelineError": "pipeline.errors",
+    "UNDELIVERABLE": "pipeline.serialization",
     "WorkerSettings": "pipeline.worker",
 }
 __all__ = [
+    "UNDELIVERABLE",
     "JobFailed",
     "PipelineClient",
     "PipelineError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import dataclasses
 import datetime as dt
 import json
@@ -43,13 +44,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     listing.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     listing.set_defaults(run=_list)
 
-    show = actions.add_parser("show", help="one dead letter with its payload, as JSON")
+    show = actions.add_parser(
+        "show", help="one dead letter with its payload (raw bytes in base64), as JSON"
+    )
     show.add_argument("id", type=int)
     show.set_defaults(run=_show)
 
     replay = actions.add_parser(
         "replay",
-        help="enqueue the original payload again; a replay that succeeds leaves the store",
+        help="enqueue the original payload again; a replay that succeeds leaves the store "
+        "(a letter of raw bytes only cannot be replayed)",
     )
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", type=int, action="append", dest="ids", help="repeatable")
@@ -75,7 +79,11 @@ def _with_engine(work: Callable[[AsyncEngine], Awaitable[int]]) -> int:
 
 
 def _as_json(letter: dead_letters.DeadLetter) -> str:
-    return json.dumps(dataclasses.asdict(letter), default=str, ensure_ascii=False)
+    """One letter as a JSON line; raw bytes in base64."""
+    fields = dataclasses.asdict(letter)
+    if letter.raw is not None:
+        fields["raw"] = base64.b64encode(letter.raw).decode("ascii")
+    return json.dumps(fields, default=str, ensure_ascii=False)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -85,7 +93,7 @@ def _list(args: argparse.Namespace) -> int:
             for letter in letters:
                 print(_as_json(letter))
             return 0
-        table = Table("id", "function", "error", "tries", "last seen", "message")
+        table = Table("id", "function", "error", "tries", "last seen", "raw", "message")
         for d in letters:
             table.add_row(
                 str(d.id),
@@ -93,6 +101,7 @@ def _list(args: argparse.Namespace) -> int:
                 d.error_class,
                 str(d.tries),
                 d.last_seen_at.isoformat(timespec="seconds"),
+                "" if d.raw is None else f"{len(d.raw)} B",
                 d.error_message[:80],
             )
         Console().print(table)
@@ -116,7 +125,9 @@ def _show(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     async def work(engine: AsyncEngine) -> int:
         if args.all:
-            letters = await dead_letters.listing(engine, function=args.function, limit=1_000_000)
+            every = await dead_letters.listing(engine, function=args.function, limit=1_000_000)
+            letters = [letter for letter in every if letter.replayable]
+            skipped = [letter.id for letter in every if not letter.replayable]
         else:
             found = [await dead_letters.get(engine, i) for i in args.ids]
             letters = [letter for letter in found if letter is not None]
@@ -124,15 +135,28 @@ def _replay(args: argparse.Namespace) -> int:
             if missing:
                 print(f"no dead letter {', '.join(map(str, missing))}")
                 return 1
+            skipped = [letter.id for letter in letters if not letter.replayable]
+            if skipped:  # as with a missing id, nothing is replayed
+                print(_only_raw(skipped))
+                return 1
         redis = await create_pool()
         try:
             job_ids = await dead_letters.replay(redis, letters)
         finally:
             await redis.aclose()
         print(f"replayed {len(job_ids)} dead letter(s)")
+        if skipped:
+            print(_only_raw(skipped))
         return 0
 
     return _with_engine(work)
+
+
+def _only_raw(ids: list[int]) -> str:
+    return (
+        f"not replayed: dead letter {', '.join(map(str, ids))} holds only the raw bytes of a job "
+        "that never decoded (nothing to replay; see `show` for them)"
+    )
 
 
 def _purge(args: argparse.Namespace) -> int:

@@ -21,6 +21,11 @@ class InvalidPayload(PipelineError):
     """The job's arguments do not match its write kind's schema; it is dead-lettered unrun."""
 
 
+class UndeliverableJob(PipelineError):
+    """The job cannot be handed to a function as sent (not msgpack, nested too deep, not an arq
+    job, a function this worker does not have); it is dead-lettered with its raw bytes, unrun."""
+
+
 class MissingReference(PipelineError):
     """A row this job refers to (a parent node, a node to score) does not exist yet."""
 

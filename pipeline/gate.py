@@ -38,6 +38,7 @@ class DatabaseGate:
         self._open = asyncio.Event()
         self._open.set()
         self._probe: asyncio.Task[None] | None = None
+        self._check: asyncio.Task[bool] | None = None
         self._closed_at = 0.0
         #: Why the gate is closed (value-free), and since when; None while open.
         self.reason: str | None = None
@@ -67,6 +68,12 @@ class DatabaseGate:
             self.close(error)
         return error is None
 
+    def suspect(self) -> None:
+        """Something failed that may mean PostgreSQL is gone: check in the background (once at a
+        time), for callers that cannot wait for the answer."""
+        if self._open.is_set() and (self._check is None or self._check.done()):
+            self._check = asyncio.create_task(self.check(), name="pipeline-database-check")
+
     def close(self, reason: str) -> None:
         """Record that PostgreSQL is unreachable and start probing for its return."""
         if not self._open.is_set():
@@ -81,10 +88,11 @@ class DatabaseGate:
 
     async def stop(self) -> None:
         """Stop probing (worker shutdown)."""
-        if self._probe is not None:
-            self._probe.cancel()
-            await asyncio.gather(self._probe, return_exceptions=True)
-            self._probe = None
+        for task in (self._probe, self._check):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._probe = self._check = None
 
     async def _run_probe(self) -> None:
         while True:

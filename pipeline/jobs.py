@@ -174,50 +174,68 @@ class JobRunner:
             async with asyncio.timeout_at(job.last_moment):
                 await dead_letters.resolve(self.engine, job.ctx["job_id"])
         except Exception as exc:
+            self.gate.suspect()
             await self._hand_back(job, TransientError(f"{job.kind.name}: {exc!r}"), exc)
 
     async def _dead_letter(
         self, job: _Job, error: PipelineError, *, tries_given_back: bool = False
     ) -> None:
-        """Record the job's dead letter; while that cannot be done (PostgreSQL unreachable), the
-        job goes back to the queue instead, with its try given back, so the record is never
-        lost."""
-        ctx, kind = job.ctx, job.kind
+        """Record the job's dead letter (or hand the job back while that cannot be done)."""
+        await self.keep_dead_letter(
+            job.ctx,
+            function=job.kind.name,
+            payload=job.kwargs,
+            error=error,
+            tries=job.tries,
+            last_moment=job.last_moment,
+            tries_given_back=tries_given_back,
+        )
+        metrics.dead_lettered(job.kind.name, type(error).__name__)
+
+    async def keep_dead_letter(
+        self,
+        ctx: dict[str, Any],
+        *,
+        function: str,
+        payload: dict[str, Any],
+        error: PipelineError,
+        tries: int,
+        raw: bytes | None = None,
+        last_moment: float | None = None,
+        tries_given_back: bool = False,
+    ) -> None:
+        """Record a job's dead letter before ``last_moment`` (by default, before the job's
+        timeout). While that cannot be done (PostgreSQL unreachable), the job goes back to the
+        queue instead, its try given back: a dead letter is never lost, only late."""
+        if last_moment is None:
+            last_moment = asyncio.get_running_loop().time() + self.commit_wait_s
         try:
-            async with asyncio.timeout_at(job.last_moment):
+            async with asyncio.timeout_at(last_moment):
                 if not await self.gate.wait_open():
                     raise TransientError("PostgreSQL is unreachable")
-                await self._record(job, error)
+                await dead_letters.keep(
+                    self.engine,
+                    job_id=ctx["job_id"],
+                    function=function,
+                    payload=payload,
+                    error=error,
+                    tries=tries,
+                    raw=raw,
+                )
         except Exception as exc:
             log.warning("dead letter not recorded, job will run again", error=repr(classify(exc)))
+            self.gate.suspect()
             if not tries_given_back:
                 await self._give_back(ctx)
             raise Retry(defer=self.settings.transient_retry_delay_s) from exc
         log.warning(
             "job dead-lettered",
             job_id=ctx["job_id"],
-            function=kind.name,
-            tries=job.tries,
+            function=function,
+            tries=tries,
             error=type(error).__name__,
             reason=str(error),
         )
-        metrics.dead_lettered(kind.name, type(error).__name__)
-
-    async def _record(self, job: _Job, error: PipelineError) -> None:
-        record = {
-            "job_id": job.ctx["job_id"],
-            "function": job.kind.name,
-            "error": error,
-            "tries": job.tries,
-        }
-        try:
-            await dead_letters.record(self.engine, payload=job.kwargs, **record)
-        except Exception as exc:
-            if isinstance(classify(exc), TransientError):
-                raise
-            # The payload itself cannot be stored (as jsonb): keep the record, with its text.
-            unstorable = {"unstorable_payload": repr(job.kwargs)[:10_000]}
-            await dead_letters.record(self.engine, payload=unstorable, **record)
 
 
 @dataclass(slots=True)

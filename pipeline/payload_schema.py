@@ -9,8 +9,10 @@ accepts, not what it writes. A producer in another language validates a payload 
 The schema checks shapes, types, required and unknown fields, enums, lengths and ranges, and
 names the formats of UUIDs and timestamps (``uuid``, ``date-time``: enable format checking in the
 validator). A few rules are code, not schema, and only the worker (or
-:class:`pipeline.PipelineClient`) checks them: text and JSON without NUL characters, a node that
-is not its own parent, a score update with at least one score, unique principle names.
+:class:`pipeline.PipelineClient`) checks them: text and JSON without NUL characters, JSON nested
+at most :data:`~pipeline.nesting.JSON_MAX_DEPTH` levels, integers sent as integers (the schema's
+``integer`` also admits ``5.0``), a node that is not its own parent, a score update with at least
+one score, unique principle names.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import structlog
 from arq import func
 from arq.worker import Function
 
-from pipeline import endpoint, logs, status
+from pipeline import endpoint, logs, status, undeliverable
 from pipeline.claiming import BatchWorker
 from pipeline.coalescer import Coalescer
 from pipeline.db import connect_queue, create_engine, queue_redis, redacted
@@ -89,20 +89,21 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 def functions(settings: Settings) -> list[Function]:
-    """One arq function per write kind.
+    """One arq function per write kind, and the one that records undeliverable jobs.
 
     arq fails a job without running it once its tries pass ``max_tries``; the pipeline
     dead-letters a job itself on its last try, so arq's limit sits a little above that.
     """
     return [
         func(job_function(kind), name=kind.name, max_tries=settings.max_tries + 2) for kind in KINDS
-    ]
+    ] + [undeliverable.function(settings)]
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments of ``arq.Worker`` for these settings (tests build workers from this)."""
+    jobs = functions(settings)
     return {
-        "functions": functions(settings),
+        "functions": jobs,
         "on_startup": startup,
         "on_shutdown": shutdown,
         "redis_settings": queue_redis(settings),
@@ -114,7 +115,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "keep_result": 3600,
         "job_completion_wait": settings.shutdown_wait_s,
         "job_serializer": serialize,
-        "job_deserializer": JobDeserializer(settings.job_max_bytes),
+        "job_deserializer": JobDeserializer(settings.job_max_bytes, [f.name for f in jobs]),
         "log_results": False,
         "ctx": {"settings": settings},
     }

@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import uuid
 
-from pydantic import BaseModel, Field, FiniteFloat
+from pydantic import BaseModel, Field
 
 from pipeline.kinds.base import Row, Target, WriteKind, newest
 from pipeline.kinds.fields import (
     STRICT,
+    Float,
+    Int32,
     JsonObject,
     Key,
     MediumKey,
@@ -27,7 +29,7 @@ from pipeline.kinds.fields import (
     to_json,
 )
 
-Confidence = FiniteFloat
+Confidence = Float
 
 
 class ClaimItem(BaseModel):
@@ -118,7 +120,7 @@ class VerificationItem(BaseModel):
     result: JsonObject
     confidence: Confidence = Field(ge=0, le=1)
     evidence: JsonObject = Field(default_factory=dict)
-    processing_time_ms: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    processing_time_ms: Int32 | None = None
     model_version: ShortKey | None = None
 
 
@@ -186,7 +188,7 @@ class DecisionItem(BaseModel):
     participating_frameworks: list[ShortKey] = Field(min_length=1)
     consensus_type: ShortKey
     consensus_confidence: Confidence = Field(ge=0, le=1)
-    decision_time_ms: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    decision_time_ms: Int32 | None = None
     version: Version | None = None
 
 

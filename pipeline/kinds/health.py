@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from pipeline.kinds.base import Row, Target, WriteKind, newest
-from pipeline.kinds.fields import STRICT, JsonObject, Key, ShortKey, to_json
+from pipeline.kinds.fields import STRICT, JsonObject, Key, ShortKey, Timestamp, to_json
 
 
 class Heartbeat(BaseModel):
@@ -18,7 +18,7 @@ class Heartbeat(BaseModel):
     instance_id: Key
     status: Key = Field(max_length=20)
     metadata: JsonObject = Field(default_factory=dict)
-    at: AwareDatetime | None = None
+    at: Timestamp | None = None
 
 
 SERVICE_HEALTH = Target(

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, NotRequired
 
-from pydantic import AfterValidator, BaseModel, Field, FiniteFloat, model_validator, with_config
+from pydantic import AfterValidator, BaseModel, Field, model_validator, with_config
 from typing_extensions import TypedDict
 
 from pipeline.kinds.base import Invalidation, Row, Target, WriteKind
-from pipeline.kinds.fields import STRICT, JsonObject, Key, Text, Version, to_json
+from pipeline.kinds.fields import STRICT, Float, JsonObject, Key, Text, Version, to_json
 from pipeline.schema.taxonomy import branch_stats_lock_key, node_updates_lock_key
 
 Status = Literal["alive", "expanded", "pruned", "terminal", "failed"]
@@ -241,8 +241,8 @@ class ScoreUpdate(TypedDict):
     """New scores of one node; a score left out keeps its stored value."""
 
     node_id: Key
-    rubric_score: NotRequired[FiniteFloat | None]
-    ucb_score: NotRequired[FiniteFloat | None]
+    rubric_score: NotRequired[Float | None]
+    ucb_score: NotRequired[Float | None]
     version: NotRequired[Version | None]
 
 

@@ -10,10 +10,10 @@ its job retried later. A score that was not inserted is named again by its princ
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, FiniteFloat
+from pydantic import BaseModel, Field
 
 from pipeline.kinds.base import Row, Target, WriteKind
-from pipeline.kinds.fields import STRICT, Key
+from pipeline.kinds.fields import STRICT, Float, Int32, Key
 
 
 class PrincipleScoreItem(BaseModel):
@@ -22,9 +22,9 @@ class PrincipleScoreItem(BaseModel):
     model_config = STRICT
     node_id: Key
     rubric_id: Key
-    rubric_version: int = Field(ge=0, le=2**31 - 1)
+    rubric_version: Int32
     principle: Key
-    score: FiniteFloat
+    score: Float
 
 
 class SavePrincipleScores(BaseModel):

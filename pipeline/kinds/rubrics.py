@@ -15,7 +15,7 @@ import json
 from pydantic import BaseModel, Field, field_validator
 
 from pipeline.kinds.base import Row, Target, WriteKind
-from pipeline.kinds.fields import STRICT, Key, Text
+from pipeline.kinds.fields import STRICT, Float, Int32, Key, Text
 
 
 class Principle(BaseModel):
@@ -24,7 +24,7 @@ class Principle(BaseModel):
     model_config = STRICT
     name: Key
     description: Text = ""
-    weight: float = Field(default=1.0, ge=0)
+    weight: Float = Field(default=1.0, ge=0)
 
 
 class SaveRubric(BaseModel):
@@ -33,7 +33,7 @@ class SaveRubric(BaseModel):
     model_config = STRICT
     project_id: Key
     rubric_id: Key
-    version: int = Field(ge=0, le=2**31 - 1)
+    version: Int32
     principles: list[Principle] = Field(min_length=1)
 
     @field_validator("principles")

@@ -11,10 +11,20 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from pipeline.kinds.base import Row, Target, WriteKind
-from pipeline.kinds.fields import STRICT, JsonObject, Key, MediumKey, Text, to_json
+from pipeline.kinds.fields import (
+    STRICT,
+    Bool,
+    Int32,
+    JsonObject,
+    Key,
+    MediumKey,
+    Text,
+    Timestamp,
+    to_json,
+)
 
 
 class TranscriptItem(BaseModel):
@@ -23,11 +33,11 @@ class TranscriptItem(BaseModel):
     model_config = STRICT
     task_id: Key
     phase: MediumKey
-    iteration: int = Field(ge=0, le=2**31 - 1)
-    seq: int = Field(ge=0, le=2**31 - 1)
+    iteration: Int32
+    seq: Int32
     role: Literal["prompt", "response", "chunk", "combined"]
     content: Text
-    timestamp: AwareDatetime
+    timestamp: Timestamp
 
 
 class AppendTranscripts(BaseModel):
@@ -89,8 +99,8 @@ class EventItem(BaseModel):
     task_id: Key | None = None
     event_type: MediumKey
     payload: JsonObject = Field(default_factory=dict)
-    occurred_at: AwareDatetime
-    duration_ms: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    occurred_at: Timestamp
+    duration_ms: Int32 | None = None
 
 
 class RecordEvents(BaseModel):
@@ -98,7 +108,7 @@ class RecordEvents(BaseModel):
 
     model_config = STRICT
     events: list[EventItem] = Field(min_length=1)
-    urgent: bool = False
+    urgent: Bool = False
 
 
 EVENTS = Target(

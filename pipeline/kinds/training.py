@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import uuid
 
-from pydantic import BaseModel, Field, FiniteFloat
+from pydantic import BaseModel, Field
 
 from pipeline.kinds.base import Row, Target, WriteKind
-from pipeline.kinds.fields import STRICT, JsonObject, Key, ShortKey, Text, to_json
+from pipeline.kinds.fields import STRICT, Bool, Float, JsonObject, Key, ShortKey, Text, to_json
 
 
 class TrainingItem(BaseModel):
@@ -21,8 +21,8 @@ class TrainingItem(BaseModel):
     claim_id: Key | None = None
     claim_text: Text = Field(min_length=1)
     evidence: JsonObject = Field(default_factory=dict)
-    validity: bool
-    confidence: FiniteFloat | None = Field(default=None, ge=0, le=1)
+    validity: Bool
+    confidence: Float | None = Field(default=None, ge=0, le=1)
     metadata: JsonObject = Field(default_factory=dict)
 
 

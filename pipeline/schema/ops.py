@@ -5,14 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import BigInteger, Identity, Index, Integer, String, Text, func
+from sqlalchemy import BigInteger, Identity, Index, Integer, LargeBinary, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pipeline.schema.base import Base, created_at
 
 
 class DeadLetter(Base):
-    """A job that can never succeed as sent: its payload, why it failed, and how often."""
+    """A job that can never succeed as sent: its payload (or, when it never decoded, its raw
+    bytes), why it failed, and how often."""
 
     __tablename__ = "dead_letters"
 
@@ -20,6 +21,7 @@ class DeadLetter(Base):
     job_id: Mapped[str] = mapped_column(String(255), unique=True)
     function: Mapped[str] = mapped_column(String(255))
     payload: Mapped[dict[str, Any]]
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
     error_class: Mapped[str] = mapped_column(String(255))
     error_message: Mapped[str] = mapped_column(Text)
     tries: Mapped[int] = mapped_column(Integer, server_default="1")

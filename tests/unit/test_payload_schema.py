@@ -44,6 +44,9 @@ BAD: list[tuple[str, dict[str, Any]]] = [
     ("update_statuses", {"project_id": "p", "statuses": [{"node_id": "a", "status": "dead"}]}),
     ("update_scores", {"project_id": "p", "scores": [{"node_id": "a", "version": -1}]}),
     ("record_events", {"events": [{**GOOD["record_events"]["events"][0], "event_id": "nope"}]}),
+    ("update_scores", {"project_id": "p", "scores": [{"node_id": "a", "ucb_score": True}]}),
+    ("record_events", {"events": [{**GOOD["record_events"]["events"][0], "occurred_at": 1}]}),
+    ("record_events", {"events": GOOD["record_events"]["events"], "urgent": 1}),
 ]
 
 

@@ -1,15 +1,31 @@
-"""The job serializer: msgpack round trips, pickle is refused."""
+"""The job serializer: msgpack round trips, pickle is refused; the worker's deserializer turns
+every job that cannot run into an undeliverable job, and reads results as results."""
 
 from __future__ import annotations
 
 import datetime as dt
 import pickle
 import uuid
+from typing import Any
 
 import pytest
+from arq.jobs import deserialize_result, serialize_result
+from hypothesis import given
+from hypothesis import strategies as st
 
-from pipeline.errors import JobFailed
-from pipeline.serialization import deserialize, serialize
+from pipeline.errors import InvalidPayload, JobFailed
+from pipeline.kinds import KINDS
+from pipeline.nesting import JOB_MAX_DEPTH
+from pipeline.serialization import (
+    OVERSIZED,
+    UNDELIVERABLE,
+    UNDELIVERED,
+    JobDeserializer,
+    Undeliverable,
+    deserialize,
+    serialize,
+)
+from tests.undeliverable_jobs import CASES, ET, Case, deep_metadata, job, now_ms
 
 
 def test_round_trips_plain_values_and_stringifies_uuid_and_datetime() -> None:
@@ -39,3 +55,102 @@ def test_pickled_payload_is_refused() -> None:
 def test_unknown_types_are_not_serialized() -> None:
     with pytest.raises(TypeError, match="cannot serialize object"):
         serialize({"k": object()})
+
+
+FUNCTIONS = [kind.name for kind in KINDS] + [UNDELIVERABLE]
+DESERIALIZE = JobDeserializer(1_048_576, FUNCTIONS)
+
+
+def letter_of(job: dict[str, Any]) -> Undeliverable:
+    """The :class:`Undeliverable` an undeliverable job carries."""
+    assert (job["f"], job["a"], list(job["k"])) == (UNDELIVERABLE, [], [UNDELIVERED])
+    letter = job["k"][UNDELIVERED]
+    assert isinstance(letter, Undeliverable)
+    return letter
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_a_job_that_cannot_run_becomes_an_undeliverable_job(case: Case) -> None:
+    job = DESERIALIZE(case.data)
+    letter = letter_of(job)
+    assert (type(letter.error).__name__, str(letter.error)) == (case.error, case.reason)
+    assert (letter.function or UNDELIVERABLE) == case.function
+    assert (letter.payload, letter.raw) == (case.payload, case.raw)
+    assert job["t"] is None
+    # arq's enqueue time is kept when it can be read, else the job is as old as now
+    assert job["et"] == ET or abs(job["et"] - now_ms()) < 60_000
+    assert case.data not in repr(letter).encode()  # arq logs the arguments: never the bytes
+
+
+def test_the_enqueue_time_and_try_are_kept() -> None:
+    job = DESERIALIZE(serialize({"t": 3, "f": "nope", "a": [], "k": {}, "et": ET}))
+    assert (job["t"], job["et"], letter_of(job).payload) == (3, ET, {})
+
+
+@given(st.binary(max_size=200))
+def test_no_bytes_make_the_deserializer_raise(data: bytes) -> None:
+    job = DESERIALIZE(data)
+    assert isinstance(job, dict) and job["f"] in FUNCTIONS
+
+
+def test_a_good_job_passes_unchanged() -> None:
+    data = job("update_scores", kwargs={"project_id": "p", "scores": [{"node_id": "a"}]})
+    assert DESERIALIZE(data) == deserialize(data)
+
+
+def test_an_oversized_job_keeps_its_function_and_loses_its_arguments() -> None:
+    small = JobDeserializer(1024, FUNCTIONS)
+    data = job(kwargs={"project_id": "p", "nodes": [{"node_id": "n", "label": "x" * 2000}]})
+    assert small(data) == {**deserialize(data), "a": [], "k": {OVERSIZED: len(data)}}
+    unknown = small(job("nope", kwargs={"x": "y" * 2000}))
+    letter = letter_of(unknown)
+    assert letter.payload is None and letter.raw is not None and len(letter.raw) == 1024
+    assert str(letter.error).endswith(
+        f"; the job is {len(job('nope', kwargs={'x': 'y' * 2000}))} bytes, its first 1024 are kept"
+    )
+
+
+def test_a_job_nested_deeper_than_the_limit_is_invalid() -> None:
+    # the job map, its kwargs, the nodes and a node are 4 levels above the metadata
+    def nodes_job(levels: int) -> bytes:
+        node = {"node_id": "n", "label": "n", "metadata": deep_metadata(levels)}
+        return job(kwargs={"project_id": "p", "nodes": [node]})
+
+    deepest = nodes_job(JOB_MAX_DEPTH - 4)
+    assert DESERIALIZE(deepest) == deserialize(deepest)
+    too_deep = nodes_job(JOB_MAX_DEPTH - 3)
+    letter = letter_of(DESERIALIZE(too_deep))
+    assert isinstance(letter.error, InvalidPayload)
+    assert str(letter.error) == f"insert_nodes: nested deeper than {JOB_MAX_DEPTH} levels"
+    assert (letter.function, letter.payload, letter.raw) == ("insert_nodes", None, too_deep)
+
+
+@pytest.mark.parametrize("function", ["insert_nodes", UNDELIVERABLE, "<unknown>", "nope"])
+def test_results_are_read_as_results(function: str) -> None:
+    data = serialize_result(
+        function,
+        (),
+        {"x": 1},
+        1,
+        ET,
+        False,
+        InvalidPayload("bad"),
+        ET,
+        ET + 5,
+        "r",
+        "q",
+        "id1",
+        serializer=serialize,
+    )
+    assert data is not None
+    result = deserialize_result(data, deserializer=DESERIALIZE)
+    assert (result.function, result.kwargs, result.success) == (function, {"x": 1}, False)
+    assert isinstance(result.result, JobFailed) and result.result.kind == "InvalidPayload"
+
+
+def test_an_undeliverable_job_serializes_its_reason_not_its_bytes() -> None:
+    letter = letter_of(DESERIALIZE(CASES[0].data))
+    back = deserialize(serialize({"k": {UNDELIVERED: letter}}))
+    assert back == {
+        "k": {UNDELIVERED: {"error": "UndeliverableJob", "reason": "pickle is not accepted"}}
+    }
