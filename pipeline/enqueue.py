@@ -125,7 +125,7 @@ class RetryingRedis(ArqRedis):
         )
         job = PreparedJob(
             job_id=_job_id or uuid4().hex,
-            chosen_id=_job_id is not None,
+            chosen_id=bool(_job_id),
             queue_name=_queue_name or self.default_queue_name,
             function=function,
             data=data,
