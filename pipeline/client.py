@@ -16,6 +16,7 @@ from arq.jobs import Job
 from pydantic import BaseModel
 
 from pipeline.db import close_sentinels, connect_queue, queue_redis
+from pipeline.enqueue import RetryingRedis
 from pipeline.errors import InvalidPayload
 from pipeline.kinds import BY_NAME
 from pipeline.serialization import deserialize, serialize
@@ -33,20 +34,23 @@ class Receipt(BaseModel):
 
 async def create_pool(
     redis_url: str | None = None, *, settings: Settings | None = None
-) -> ArqRedis:
+) -> RetryingRedis:
     """An ``ArqRedis`` using msgpack and the pipeline's queue, ready for ``enqueue_job``.
 
-    Its jobs stay in Redis for ``job_expiry_s`` past when they are due (arq's default is a day,
-    after which a job no worker has started is dropped: an outage longer than that would lose
+    Its ``enqueue_job`` rides through a Redis restart or failover, retrying for up to
+    ``enqueue_retry_s`` with the same job id (:class:`pipeline.enqueue.RetryingRedis`). Its jobs
+    stay in Redis for ``job_expiry_s`` past when they are due (arq's default is a day, after
+    which a job no worker has started is dropped: an outage longer than that would lose
     writes)."""
     settings = settings or get_settings()
-    return await connect_queue(
+    redis = await connect_queue(
         queue_redis(settings, redis_url),
         job_serializer=serialize,
         job_deserializer=deserialize,
         default_queue_name=settings.queue_name,
         expires_extra_ms=settings.job_expiry_s * 1000,
     )
+    return RetryingRedis.adopt(redis, enqueue_retry_s=settings.enqueue_retry_s)
 
 
 async def idle(redis: ArqRedis, queue_name: str) -> bool:

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
         default="mymaster", description="The Sentinel service name of the Redis primary."
     )
     queue_name: str = Field(default="pipeline:queue", description="arq queue name.")
+    enqueue_retry_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long enqueue_job (producers made by pipeline.create_pool) keeps "
+        "retrying while Redis restarts or fails over before it raises; 0: no retry.",
+    )
 
     db_pool_size: int = Field(default=4, ge=1, description="Connections kept in the pool.")
     db_max_overflow: int = Field(default=4, ge=0, description="Extra connections under load.")

@@ -1,16 +1,21 @@
-"""Alembic: upgrade head builds the schema the models describe; downgrade base removes it all."""
+"""Alembic: upgrade head builds the schema the models describe; downgrade base removes it all;
+the transcripts' search column is rebuilt over the rows a database holds, both ways."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, inspect, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.schema import metadata
+from pipeline.schema.tasks import SEARCH_FUNCTION, SEARCH_FUNCTION_SQL
 from tests.conftest import migrate
+from tests.integration.helpers import scalar
 
 TAXONOMY = {
     "projects",
@@ -37,7 +42,9 @@ TABLES = TAXONOMY | VERIFICATION_AND_TASKS
 
 
 def _differences(connection: Connection) -> list[object]:
-    return list(compare_metadata(MigrationContext.configure(connection), metadata))
+    # Server defaults too: a generated column whose expression differs warns (an error here).
+    context = MigrationContext.configure(connection, opts={"compare_server_default": True})
+    return list(compare_metadata(context, metadata))
 
 
 async def test_upgrade_matches_the_models_and_downgrade_removes_everything(
@@ -70,3 +77,82 @@ async def test_upgrade_matches_the_models_and_downgrade_removes_everything(
     await asyncio.to_thread(migrate, database_url, "head")
     async with engine.connect() as conn:
         assert set(await conn.run_sync(lambda c: inspect(c).get_table_names())) >= TABLES
+
+
+def _function_body(definition: str) -> str:
+    return definition.split("$$")[1]
+
+
+async def test_the_search_function_is_the_one_the_schema_defines(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT prosrc, provolatile::text, proisstrict, proparallel::text FROM pg_proc "
+                    "WHERE proname = :name"
+                ),
+                {"name": SEARCH_FUNCTION},
+            )
+        ).one()
+    assert tuple(row) == (_function_body(SEARCH_FUNCTION_SQL), "i", True, "s")
+
+
+async def _add_entries(engine: AsyncEngine, entries: dict[int, str]) -> None:
+    async with engine.begin() as conn:
+        for seq, content in entries.items():
+            await conn.execute(
+                text(
+                    "INSERT INTO transcripts (task_id, phase, iteration, seq, role, content, "
+                    "timestamp) VALUES ('t', 'p', 0, :seq, 'chunk', :content, now())"
+                ),
+                {"seq": seq, "content": content},
+            )
+
+
+async def _found(engine: AsyncEngine, word: str) -> list[int]:
+    async with engine.connect() as conn:
+        result = await conn.execute(
+            text(
+                "SELECT seq FROM transcripts WHERE search @@ websearch_to_tsquery('english', :q) "
+                "ORDER BY seq"
+            ),
+            {"q": word},
+        )
+        return list(result.scalars())
+
+
+async def test_the_search_column_is_rebuilt_over_existing_rows_and_back(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    await asyncio.to_thread(migrate, database_url, "0003", down=True)
+    await _add_entries(engine, {0: "The migration runs", 1: "Deploy the workers"})
+    # 0003 cannot hold the long entries 0005 takes.
+    distinct = " ".join(f"x{n:06d}" for n in range(125_000))
+    with pytest.raises(DBAPIError, match="too long for tsvector"):
+        await _add_entries(engine, {2: distinct})
+    await engine.dispose()
+
+    await asyncio.to_thread(migrate, database_url, "0005")
+    assert await _found(engine, "migrating") == [0]  # vectors recomputed for the rows there
+    assert await _found(engine, "worker") == [1]
+    await _add_entries(engine, {2: distinct})
+    assert await _found(engine, "x000007") == [2]
+    await engine.dispose()
+
+    with pytest.raises(DBAPIError, match="too long for the search column of revision 0003"):
+        await asyncio.to_thread(migrate, database_url, "0003", down=True)
+    assert await scalar(engine, "SELECT version_num FROM alembic_version") == "0005"
+    assert await _found(engine, "x000007") == [2]  # the failed downgrade changed nothing
+
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM transcripts WHERE seq = 2"))
+    await engine.dispose()
+    await asyncio.to_thread(migrate, database_url, "0003", down=True)
+    assert await _found(engine, "migrating") == [0]
+    assert (
+        await scalar(engine, "SELECT count(*) FROM pg_proc WHERE proname = :n", n=SEARCH_FUNCTION)
+        == 0
+    )
+    await engine.dispose()
+    await asyncio.to_thread(migrate, database_url, "head")
+    assert await _found(engine, "worker") == [1]

@@ -1,5 +1,6 @@
 """Redis Sentinel: producers and workers find the queue's Redis through a real Sentinel process
-(``redis-server --sentinel``), and follow it when it promotes a replica after the primary dies."""
+(``redis-server --sentinel``), and follow it when it promotes a replica after the primary dies;
+a producer's enqueue_job waits the failover out."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import redis
 
 from pipeline import create_pool
 from pipeline.db import close_sentinels, queue_redis
+from pipeline.enqueue import RetryingRedis
 from pipeline.settings import Settings
 from pipeline.worker import PipelineWorker, worker_options
 from tests.integration.helpers import scalar, stop_worker
@@ -206,3 +208,44 @@ async def test_worker_and_producer_follow_a_failover(
         await producer.aclose()
         await close_sentinels(producer)
     assert await scalar(engine, "SELECT count(*) FROM projects WHERE name = 'after'") == 50
+
+
+async def test_a_producer_rides_through_a_failover_without_retry_code(
+    replicated: ReplicatedRedis, settings: Settings
+) -> None:
+    through = {"redis_sentinels": [replicated.sentinel], "redis_url": "redis://127.0.0.1/0"}
+    producer = await create_pool(settings=settings.model_copy(update=through))
+    assert isinstance(producer, RetryingRedis)
+    try:
+        before = [
+            await producer.enqueue_job("upsert_project", project_id=f"before{i}", name="b")
+            for i in range(20)
+        ]
+        # What the replica has not received when its primary dies is Redis's loss, not the
+        # producer's: let it catch up first.
+        primary, replica = (
+            redis.Redis(port=replicated.primary_port),
+            redis.Redis(port=replicated.replica_port),
+        )
+        offset = primary.info("replication")["master_repl_offset"]
+        _wait_for(
+            lambda: replica.info("replication")["slave_repl_offset"] >= offset,
+            "the replica did not catch up",
+        )
+        primary.close()
+        replicated.primary.kill()
+        replicated.primary.wait(timeout=10)
+        # The first of these wait out the failover (about two seconds with no primary).
+        after = [
+            await producer.enqueue_job("upsert_project", project_id=f"after{i}", name="a")
+            for i in range(20)
+        ]
+        assert replicated.primary_now() == replicated.replica_port
+        jobs = [job.job_id for job in before + after if job is not None]
+        assert len(jobs) == 40
+        queued = {member.decode() for member in replica.zrange(settings.queue_name, 0, -1)}
+        assert queued == set(jobs)
+        replica.close()
+    finally:
+        await producer.aclose()
+        await close_sentinels(producer)
