@@ -1,7 +1,7 @@
 """transcripts: the search column indexes what a tsvector can hold, so a long entry stores
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-02 14:00:00
 
 ``to_tsvector('english', content)`` refused an entry whose lexemes and positions pass the 1 MB
@@ -18,7 +18,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0005"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -61,7 +61,7 @@ BEGIN
         GENERATED ALWAYS AS (to_tsvector('english', content)) STORED NOT NULL;
 EXCEPTION WHEN program_limit_exceeded THEN
     RAISE EXCEPTION 'cannot downgrade: some transcripts are too long for the search column of '
-        'revision 0003 (its tsvector limit); delete or shorten them first'
+        'revision 0004 (its tsvector limit); delete or shorten them first'
         USING ERRCODE = 'program_limit_exceeded';
 END
 $$"""

@@ -124,9 +124,9 @@ async def _found(engine: AsyncEngine, word: str) -> list[int]:
 async def test_the_search_column_is_rebuilt_over_existing_rows_and_back(
     engine: AsyncEngine, database_url: str
 ) -> None:
-    await asyncio.to_thread(migrate, database_url, "0003", down=True)
+    await asyncio.to_thread(migrate, database_url, "0004", down=True)
     await _add_entries(engine, {0: "The migration runs", 1: "Deploy the workers"})
-    # 0003 cannot hold the long entries 0005 takes.
+    # 0004 cannot hold the long entries 0005 takes.
     distinct = " ".join(f"x{n:06d}" for n in range(125_000))
     with pytest.raises(DBAPIError, match="too long for tsvector"):
         await _add_entries(engine, {2: distinct})
@@ -139,15 +139,15 @@ async def test_the_search_column_is_rebuilt_over_existing_rows_and_back(
     assert await _found(engine, "x000007") == [2]
     await engine.dispose()
 
-    with pytest.raises(DBAPIError, match="too long for the search column of revision 0003"):
-        await asyncio.to_thread(migrate, database_url, "0003", down=True)
+    with pytest.raises(DBAPIError, match="too long for the search column of revision 0004"):
+        await asyncio.to_thread(migrate, database_url, "0004", down=True)
     assert await scalar(engine, "SELECT version_num FROM alembic_version") == "0005"
     assert await _found(engine, "x000007") == [2]  # the failed downgrade changed nothing
 
     async with engine.begin() as conn:
         await conn.execute(text("DELETE FROM transcripts WHERE seq = 2"))
     await engine.dispose()
-    await asyncio.to_thread(migrate, database_url, "0003", down=True)
+    await asyncio.to_thread(migrate, database_url, "0004", down=True)
     assert await _found(engine, "migrating") == [0]
     assert (
         await scalar(engine, "SELECT count(*) FROM pg_proc WHERE proname = :n", n=SEARCH_FUNCTION)
