@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pickle
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+from arq.connections import ArqRedis
+from arq.constants import job_key_prefix
 
 from pipeline.nesting import JOB_MAX_DEPTH
 from pipeline.serialization import UNDELIVERABLE, serialize
@@ -129,3 +132,11 @@ CASES = [
 def now_ms() -> int:
     """arq's clock."""
     return int(time.time() * 1000)
+
+
+async def push(redis: ArqRedis, queue: str, data: bytes) -> str:
+    """Put raw bytes on the queue as arq puts a job: its key, and its id in the queue."""
+    job_id = uuid.uuid4().hex
+    await redis.set(job_key_prefix + job_id, data)
+    await redis.zadd(queue, {job_id: now_ms()})
+    return job_id

@@ -23,6 +23,7 @@ from pipeline.settings import Settings
 from tests.e2e.conftest import WorkerProcess
 from tests.e2e.test_workers import drained
 from tests.e2e.workload import Figures, Workload
+from tests.undeliverable_jobs import CASES, deep_metadata, push
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 DRAIN_S = 150
@@ -182,22 +183,46 @@ async def test_poison_jobs_are_the_only_ones_dead_lettered(
         )
         for i in range(5)
     ]
+    poison.append(
+        (
+            "insert_nodes",
+            {
+                "project_id": "p",
+                "nodes": [{"node_id": "deep", "label": "d", "metadata": deep_metadata(990)}],
+            },
+        )
+    )
     rng = random.Random(15)
     for job in poison:
         workload.jobs.insert(rng.randrange(1, len(workload.jobs)), job)
     worker = start_worker()
-    await workload.enqueue(producer)
+    half = len(workload.jobs) // 2
+    await workload.enqueue(producer, workload.jobs[:half])
+    # Jobs no worker can run (bad bytes, unknown functions…), as raw bytes among the others.
+    pushed = {await push(producer, settings.queue_name, case.data): case for case in CASES}
+    await workload.enqueue(producer, workload.jobs[half:])
     await settle(producer, settings, [worker])
     figures = await workload.check(engine)
-    report("poison", figures, f"{len(poison)} poison jobs")
-    assert clean(figures, dead_lettered=len(poison))
+    report("poison", figures, f"{len(poison)} poison jobs, {len(pushed)} undeliverable")
+    assert clean(figures, dead_lettered=len(poison) + len(pushed))
     async with engine.connect() as conn:
         kinds = (
             await conn.execute(
                 text("SELECT error_class, count(*) FROM dead_letters GROUP BY 1 ORDER BY 1")
             )
         ).all()
-    assert kinds == [("DataError", 5), ("InvalidPayload", 15)]
+        undeliverable = (
+            await conn.execute(
+                text(
+                    "SELECT job_id, function, error_message, raw FROM dead_letters "
+                    "WHERE error_class = 'UndeliverableJob'"
+                )
+            )
+        ).all()
+    assert kinds == [("DataError", 5), ("InvalidPayload", 16), ("UndeliverableJob", len(CASES))]
+    assert {row[0]: tuple(row[1:]) for row in undeliverable} == {
+        job_id: (case.function, case.reason, case.raw) for job_id, case in pushed.items()
+    }
 
 
 def rss_mb(pid: int) -> float:

@@ -23,7 +23,7 @@ from pipeline.serialization import UNDELIVERABLE
 from pipeline.settings import Settings
 from pipeline.worker import PipelineWorker, worker_options
 from tests.integration.helpers import Proxy, rows, seed_tree
-from tests.undeliverable_jobs import CASES, ET, Case, deep_metadata, now_ms
+from tests.undeliverable_jobs import CASES, ET, Case, deep_metadata, now_ms, push
 
 Drain = Callable[..., Awaitable[Worker]]
 LETTERS = (
@@ -49,14 +49,6 @@ def drain(request: pytest.FixtureRequest, settings: Settings) -> Drain:
         return worker
 
     return run
-
-
-async def push(redis: ArqRedis, queue: str, data: bytes) -> str:
-    """Put raw bytes on the queue as arq puts a job: its key, and its id in the queue."""
-    job_id = uuid.uuid4().hex
-    await redis.set(job_key_prefix + job_id, data)
-    await redis.zadd(queue, {job_id: now_ms()})
-    return job_id
 
 
 async def failure(producer: ArqRedis, job_id: str, queue: str) -> JobFailed:
