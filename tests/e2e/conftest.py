@@ -36,7 +36,7 @@ def settings(database_url: str, redis_url: str) -> Settings:
         retry_wait_s=60.0,
         database_probe_interval_s=0.2,
         job_timeout_s=3,  # a killed worker's jobs run again after 3 + 10 s
-        max_tries=10,  # only runs cut short spend tries: a job may be in flight at every kill
+        max_tries=8,  # only runs cut short spend tries: a job may be in flight at every kill
     )
 
 
