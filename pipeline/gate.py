@@ -1,7 +1,7 @@
 """The database gate: whether this worker can reach PostgreSQL, and waiting until it can.
 
 A worker that finds PostgreSQL unreachable closes the gate: the coalescer stops flushing and keeps
-the rows it holds, ``pipeline worker`` stops claiming jobs, and readiness fails with the reason.
+the rows it holds, the worker stops claiming jobs, and readiness fails with the reason.
 While closed, a probe runs ``SELECT 1`` every ``database_probe_interval_s``; its first success opens
 the gate again and everything resumes by itself. Nothing in the gate counts tries or spends time
 budgets: an outage of any length costs a job only the wait.
@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
+from collections.abc import Callable
 
 import structlog
 from sqlalchemy import text
@@ -39,6 +40,7 @@ class DatabaseGate:
         self._open.set()
         self._probe: asyncio.Task[None] | None = None
         self._check: asyncio.Task[bool] | None = None
+        self._listeners: list[Callable[[bool], None]] = []
         self._closed_at = 0.0
         #: Why the gate is closed (value-free), and since when; None while open.
         self.reason: str | None = None
@@ -68,6 +70,10 @@ class DatabaseGate:
             self.close(error)
         return error is None
 
+    def on_change(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(is_open)`` each time the gate closes or opens."""
+        self._listeners.append(listener)
+
     def suspect(self) -> None:
         """Something failed that may mean PostgreSQL is gone: check in the background (once at a
         time), for callers that cannot wait for the answer."""
@@ -85,6 +91,8 @@ class DatabaseGate:
         metrics.DATABASE_REACHABLE.set(0)
         log.warning("database unreachable; holding writes until it answers", reason=reason)
         self._probe = asyncio.create_task(self._run_probe(), name="pipeline-database-probe")
+        for listener in self._listeners:
+            listener(False)
 
     async def stop(self) -> None:
         """Stop probing (worker shutdown)."""
@@ -109,6 +117,8 @@ class DatabaseGate:
         self._probe = None
         metrics.DATABASE_REACHABLE.set(1)
         self._open.set()
+        for listener in self._listeners:
+            listener(True)
 
     async def _ping(self) -> str | None:
         """None if PostgreSQL answered ``SELECT 1`` in time, else why not."""

@@ -14,12 +14,13 @@ of worker can share one queue.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from typing import Any
 
 import structlog
 from arq import func
-from arq.worker import Function
+from arq.worker import Function, Worker
 
 from pipeline import endpoint, logs, status, undeliverable
 from pipeline.claiming import BatchWorker
@@ -62,6 +63,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     # 500 jobs/s: 33-37 ms without, 12 ms with, in the same minute).
     gc.freeze()
     ctx["endpoint"] = await endpoint.start(settings, ctx.get("redis"), gate)
+    _pause_claims_while_closed(gate)
     log.info(
         "worker started",
         metrics_port=ctx["endpoint"].port if ctx["endpoint"] else None,
@@ -71,6 +73,30 @@ async def startup(ctx: dict[str, Any]) -> None:
         max_jobs=settings.max_jobs,
         batch_max_rows=settings.batch_max_rows,
     )
+
+
+def _pause_claims_while_closed(gate: DatabaseGate) -> None:
+    """Make a stock arq worker take no job while PostgreSQL is unreachable, as
+    :class:`PipelineWorker` does: its claims stop at ``max_jobs``, set to 0 while the gate is
+    closed (SIGTERM's own stop, ``allow_pick_jobs``, is left alone)."""
+    worker = _running_worker()
+    if worker is None or isinstance(worker, BatchWorker):
+        return
+    limit = worker.max_jobs
+
+    def follow(is_open: bool) -> None:
+        worker.max_jobs = limit if is_open else 0
+
+    gate.on_change(follow)
+
+
+def _running_worker() -> Worker | None:
+    """The arq worker whose ``main()`` runs this start-up: arq hands ``on_startup`` only the
+    context, and ``arq pipeline.WorkerSettings`` cannot be told to build a subclass."""
+    task = asyncio.current_task()
+    frame = getattr(task.get_coro(), "cr_frame", None) if task is not None else None
+    candidate = frame.f_locals.get("self") if frame is not None else None
+    return candidate if isinstance(candidate, Worker) else None
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

@@ -101,10 +101,10 @@ async def test_a_30_second_outage_under_the_mixed_workload(
     stopped = time.monotonic()
     await workload.enqueue(producer, workload.jobs[half:])
     await until(lambda: holding(port), 15, "/ready says the worker holds its writes")
-    if mode == "pipeline":  # it hands back what it holds and claims nothing more
-        await until(lambda: _none_in_progress(producer), 15, "no job in progress")
-        await asyncio.sleep(2)
-        assert await in_progress(producer) == 0
+    # It hands back what it holds and claims nothing more, in both modes.
+    await until(lambda: _none_in_progress(producer), 15, "no job in progress")
+    await asyncio.sleep(2)
+    assert await in_progress(producer) == 0
     await asyncio.sleep(max(0.0, 30 - (time.monotonic() - stopped)))
     await asyncio.to_thread(private_pg.start)
     await settle(producer, settings, [worker])
@@ -150,7 +150,7 @@ async def test_an_outage_of_minutes_with_a_backlog(
     settings: Settings,
     mode: str,
 ) -> None:
-    # Jobs before the outage, jobs at its start (retried all through it), and a backlog in its
+    # Jobs before the outage, jobs at its start (waiting all through it), and a backlog in its
     # last part: as large as each mode drains in a minute or two (stock arq takes about 1,000
     # jobs a second here), enqueued in time to be waiting when PostgreSQL is back.
     before, during = 300, 300
@@ -172,8 +172,8 @@ async def test_an_outage_of_minutes_with_a_backlog(
         samples.append(rss_mb(worker.proc.pid))
         if enqueuing is None and time.monotonic() - stopped >= backlog_at:
             enqueuing = asyncio.create_task(enqueue_events(producer, before + during, backlog))
-        if mode == "pipeline" and time.monotonic() - stopped > 10:
-            assert await in_progress(producer) == 0, "pipeline worker took jobs while down"
+        if time.monotonic() - stopped > 10:
+            assert await in_progress(producer) == 0, "the worker took jobs while down"
     assert enqueuing is not None
     await enqueuing
     queued = await producer.zcard(settings.queue_name)

@@ -1,5 +1,5 @@
 """An unreachable PostgreSQL costs jobs time, never tries: jobs wait, go back to the queue before
-arq's timeout, and commit once PostgreSQL answers; ``pipeline worker`` takes no job meanwhile.
+arq's timeout, and commit once PostgreSQL answers; the worker takes no job meanwhile.
 Runs that are cut short are the only ones that spend tries, and a job cut short too often is
 dead-lettered instead of run again. Every test runs under stock arq and ``pipeline worker``."""
 
@@ -108,8 +108,7 @@ async def test_jobs_wait_out_an_unreachable_database_without_spending_tries(
     await until(lambda: not runner.gate.is_open, "the first flush that fails closes the gate")
     assert runner.gate.reason is not None
     await asyncio.sleep(3 * settings.job_timeout_s)  # each job reaches its wait more than twice
-    if mode == "pipeline":  # it handed back what it held and claims nothing while the gate is shut
-        assert await in_progress(producer) == 0
+    assert await in_progress(producer) == 0  # it handed back what it held and claims nothing
     assert await producer.zcard(settings.queue_name) == 25
     await proxy.up()
     await stop_worker(worker, running)
