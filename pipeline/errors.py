@@ -16,6 +16,9 @@ from sqlalchemy import exc as sa_exc
 class PipelineError(Exception):
     """Root of the pipeline's exceptions."""
 
+    #: The id of the dead letter this failure was recorded as, once it is (None before).
+    dead_letter_id: int | None = None
+
 
 class InvalidPayload(PipelineError):
     """The job's arguments do not match its write kind's schema; it is dead-lettered unrun."""
@@ -63,10 +66,11 @@ class JobFailed(PipelineError):
     deserializer rebuilds them as this class, keeping the original class name in ``kind``.
     """
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, dead_letter_id: int | None = None) -> None:
         super().__init__(f"{kind}: {message}")
         self.kind = kind
         self.message = message
+        self.dead_letter_id = dead_letter_id
 
 
 # SQLSTATE classes (first two characters) and codes that mean "try again": connection, resources,

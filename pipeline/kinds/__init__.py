@@ -39,5 +39,18 @@ KINDS: tuple[WriteKind[Any], ...] = (
     record_events,
 )
 BY_NAME: dict[str, WriteKind[Any]] = {kind.name: kind for kind in KINDS}
+#: The job that carries writes of several kinds as one unit: all commit, or none.
+ATOMIC = "atomic"
+#: Every job function a producer may enqueue.
+FUNCTION_NAMES: frozenset[str] = frozenset(BY_NAME) | {ATOMIC}
 
-__all__ = ["BY_NAME", "KINDS", "Invalidation", "Row", "Target", "WriteKind"]
+__all__ = [
+    "ATOMIC",
+    "BY_NAME",
+    "FUNCTION_NAMES",
+    "KINDS",
+    "Invalidation",
+    "Row",
+    "Target",
+    "WriteKind",
+]
