@@ -1,8 +1,9 @@
 """The node tree: ``insert_nodes``, ``update_scores`` and ``update_statuses``.
 
-Nodes are inserted if absent. A node is placed only when its parent exists already or is placed in
-the same statement (so a chain of new nodes lands together); nodes whose parent is missing are
-reported back and their jobs retried later. Scores and status are last-write-wins, each field with
+Nodes are saved: created if absent, updated (label, content, metadata, parent) by a newer
+definition version. A node is placed only when its parent exists already or is placed in the same
+statement (so a chain of new nodes lands together); nodes whose parent is missing are reported
+back and their jobs retried later; a move under the node's own descendant is refused. Scores and status are last-write-wins, each field with
 its own version, so an update of one score never undoes a newer update of the other. Both update
 kinds feed one target, so ``nodes`` rows are updated by one statement per batch, under the project's
 node-update lock. Their items are typed dicts, not models: they are the busiest kinds, and pydantic
