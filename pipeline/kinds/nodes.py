@@ -3,14 +3,14 @@
 Nodes are saved: created if absent, updated (label, content, metadata, parent) by a newer
 definition version. A node is placed only when its parent exists already or is placed in the same
 statement (so a chain of new nodes lands together); nodes whose parent is missing are reported
-back and their jobs retried later; a move under the node's own descendant is refused. Scores and status are last-write-wins, each field with
-its own version, so an update of one score never undoes a newer update of the other. Both update
-kinds feed one target, so ``nodes`` rows are updated by one statement per batch, under the project's
-node-update lock. Their items are typed dicts, not models: they are the busiest kinds, and pydantic
-validates a dict in under half the time of a model and keeps it in less memory (peak worker RSS in
-bench scenario 4, at 100,000-row batches: 349-381 MB with models, 263-275 MB with dicts). Every
-change deletes the cached branch statistics of the changed nodes' ancestors; every status change
-writes an ``audit_log`` row (entity ``node``, id ``project_id/node_id``) in the same statement.
+back and their jobs retried later; a move under the node's own descendant is refused. Scores and
+status are last-write-wins, each field with its own version, so an update of one score never
+undoes a newer update of the other. Both update kinds feed one target, so ``nodes`` rows are
+updated by one statement per batch, under the project's node-update lock. Their items are typed
+dicts, not models: they are the busiest kinds, and pydantic validates a dict in under half the
+time of a model and keeps it in less memory. Every change deletes the cached branch statistics of
+the changed nodes' ancestors (a move: of the old ones too); every status change writes an
+``audit_log`` row (entity ``node``, id ``project_id/node_id``) in the same statement.
 """
 
 from __future__ import annotations
