@@ -34,7 +34,7 @@ import time
 import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -49,30 +49,30 @@ from tenacity import (
 from pipeline import metrics
 from pipeline.errors import DataError, MissingReference, PipelineError, TransientError, classify
 from pipeline.gate import DatabaseGate
-from pipeline.kinds.base import Invalidation, Row, Target
+from pipeline.kinds.base import Invalidation, Prepared, Report, Row, Target
+from pipeline.outcomes import Receipt, Tally, refuse_within, settled, tally
 
 log = structlog.get_logger("pipeline.coalescer")
 
 
-class Receipt(TypedDict):
-    """What a job returns once its rows are committed."""
-
-    batch_id: str
-    rows: int
-    jobs: int
-    committed_at: str
+Parts = list[tuple[Target, list[Row]]]
 
 
 @dataclass(eq=False)
 class Submission:
-    """One job's rows waiting for a flush."""
+    """One job's rows waiting for a flush: rows of one target, or of several (``atomic``)."""
 
     job_id: str
     kind: str
-    target: Target
-    rows: list[Row]
+    parts: Parts
     future: asyncio.Future[Receipt]
+    atomic: bool = False  # all its rows commit together, or none does
     held: bool = False  # already held once for a concurrent flush (see the module docstring)
+    applied_earlier: int = 0  # rows an earlier flush of this job applied (before it was held)
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = sum(len(rows) for _, rows in self.parts)
 
 
 @dataclass
@@ -83,6 +83,7 @@ class Flush:
     retries: int = 0
     outcomes: dict[Submission, Receipt | PipelineError] = field(default_factory=dict)
     batch_ids: list[str] = field(default_factory=list)  # of the transactions that committed
+    applied: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # rows, by kind
 
 
 class Coalescer:
@@ -145,7 +146,7 @@ class Coalescer:
         return any(not sub.future.done() for sub in self._pending)
 
     async def submit(
-        self, job_id: str, kind: str, target: Target, rows: list[Row], *, urgent: bool = False
+        self, job_id: str, kind: str, parts: Parts, *, urgent: bool = False, atomic: bool = False
     ) -> Receipt:
         """Queue a job's rows; return its receipt once they are committed.
 
@@ -153,12 +154,12 @@ class Coalescer:
         a backlog of full batches waits.
         """
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        submission = Submission(job_id, kind, target, rows, future)
+        submission = Submission(job_id, kind, parts, future, atomic=atomic)
         if urgent:
             self._pending.appendleft(submission)
         else:
             self._pending.append(submission)
-        self.pending_rows += len(rows)
+        self.pending_rows += submission.size
         self._wakeup.set()
         try:
             return await future
@@ -174,7 +175,7 @@ class Coalescer:
             self._pending.remove(submission)
         except ValueError:  # already taken by a flush, which drops it or settles it
             return
-        self.pending_rows -= len(submission.rows)
+        self.pending_rows -= submission.size
 
     async def _run(self) -> None:
         while True:
@@ -209,13 +210,13 @@ class Coalescer:
         rows = 0
         while self._pending:
             submission = self._pending[0]
-            if batch and rows + len(submission.rows) > self._max_rows:
+            if batch and rows + submission.size > self._max_rows:
                 break
             self._pending.popleft()
-            self.pending_rows -= len(submission.rows)
+            self.pending_rows -= submission.size
             if not submission.future.done():
                 batch.append(submission)
-                rows += len(submission.rows)
+                rows += submission.size
         return batch
 
     async def _flush(self, batch: list[Submission], number: int, before: set[int]) -> None:
@@ -231,14 +232,14 @@ class Coalescer:
         self.last_flush = {
             "batch_id": flush.batch_ids[0] if flush.batch_ids else None,
             "jobs": len(batch),
-            "rows": sum(len(s.rows) for s in batch),
+            "rows": sum(s.size for s in batch),
             "kinds": sorted({s.kind for s in batch}),
             "transactions": flush.transactions,
             "retries": flush.retries,
             "failed": len(failed),
             "held": held,  # written again once the flushes running alongside have ended
             "requeued": requeued,  # kept for when PostgreSQL answers again
-            "written": _written(flush.outcomes),
+            "written": dict(flush.applied),  # rows applied, by kind
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
             "at": dt.datetime.now(dt.UTC).isoformat(),
         }
@@ -262,7 +263,7 @@ class Coalescer:
         for sub in failed:
             del outcomes[sub]
         self._pending.extendleft(reversed(failed))
-        self.pending_rows += sum(len(sub.rows) for sub in failed)
+        self.pending_rows += sum(sub.size for sub in failed)
         return len(failed)
 
     def _hold(self, outcomes: dict[Submission, Receipt | PipelineError], others: set[int]) -> int:
@@ -285,13 +286,13 @@ class Coalescer:
             return
         self._held = [(others, sub) for others, sub in self._held if others & self._active]
         self._pending.extendleft(reversed(ready))
-        self.pending_rows += sum(len(sub.rows) for sub in ready)
+        self.pending_rows += sum(sub.size for sub in ready)
         self._wakeup.set()
 
     async def _commit_isolating(self, subs: list[Submission], flush: Flush) -> None:
         """Commit ``subs``; on a data error, split until the failing job is alone."""
         try:
-            batch_id, missing = await self._commit_with_retries(subs, flush)
+            batch_id, tallies = await self._commit_with_retries(subs, flush)
         except (DataError, MissingReference) as exc:
             if len(subs) == 1:
                 flush.outcomes[subs[0]] = exc
@@ -305,80 +306,61 @@ class Coalescer:
             return
         committed_at = dt.datetime.now(dt.UTC).isoformat()
         flush.batch_ids.append(batch_id)
-        for sub in subs:
-            unresolved = _unresolved(sub, missing)
-            if unresolved:
-                flush.outcomes[sub] = MissingReference(
-                    f"{len(unresolved)} of {len(sub.rows)} {sub.kind} item(s) refer to rows that "
-                    f"do not exist yet, e.g. {unresolved[0]!r}"
-                )
-            else:
-                flush.outcomes[sub] = Receipt(
-                    batch_id=batch_id, rows=len(sub.rows), jobs=len(subs), committed_at=committed_at
-                )
+        for sub, done in zip(subs, tallies, strict=True):
+            flush.applied[sub.kind] += done.applied
+            result = settled(sub.kind, done, sub.applied_earlier, batch_id, len(subs), committed_at)
+            if isinstance(result, MissingReference):
+                sub.applied_earlier = result.applied  # if it is held and written again
+            flush.outcomes[sub] = result
 
     async def _commit_with_retries(
         self, subs: list[Submission], flush: Flush
-    ) -> tuple[str, dict[Target, set[Row]]]:
-        groups: dict[Target, list[Row]] = defaultdict(list)
-        for sub in subs:
-            groups[sub.target].extend(sub.rows)
+    ) -> tuple[str, list[Tally]]:
+        groups: dict[Target, list[tuple[int, list[Row]]]] = defaultdict(list)
+        for index, sub in enumerate(subs):
+            for target, rows in sub.parts:
+                groups[target].append((index, rows))
         plan = [
             (target, target.prepare(rows))
             for target, rows in sorted(groups.items(), key=lambda g: (g[0].order, g[0].name))
         ]
+        atomic = {index for index, sub in enumerate(subs) if sub.atomic}
         async for attempt in self._retrying.copy():
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     flush.retries += 1
                 flush.transactions += 1
-                return await self._transaction(plan)
-        raise AssertionError("unreachable: tenacity reraises the last error")
+                batch_id, reports = await self._transaction(plan, atomic)
+        return batch_id, tally([sub.size for sub in subs], dict(plan), reports)
 
     async def _transaction(
-        self, plan: list[tuple[Target, list[Row]]]
-    ) -> tuple[str, dict[Target, set[Row]]]:
+        self, plan: list[tuple[Target, Prepared]], atomic: set[int]
+    ) -> tuple[str, dict[Target, Report]]:
         """One transaction: every target's statement, then the invalidations they call for."""
-        missing: dict[Target, set[Row]] = {}
+        reports: dict[Target, Report] = {}
         touched: dict[Invalidation, list[Row]] = defaultdict(list)
         try:
             async with self._engine.begin() as conn:
-                for target, rows in plan:
-                    unapplied = await target.write(conn, rows)
-                    if unapplied.conflicts:  # raised inside, so the transaction rolls back
-                        raise target.conflict(unapplied.conflicts)
-                    missing[target] = unapplied.missing
+                for target, prep in plan:
+                    report = await target.write(conn, prep.rows)
+                    refuse_within(target, prep, report, atomic)  # inside: it rolls back
+                    reports[target] = report
                     if target.invalidates is not None:
-                        touched[target.invalidates].extend(target.touched(rows))
+                        keys = touched[target.invalidates]
+                        keys.extend(target.touched(prep.rows))
+                        keys.extend(report.touched)
                 for invalidation, keys in sorted(touched.items(), key=lambda i: i[0].name):
                     await invalidation.run(conn, keys)
         except PipelineError:
             raise
         except Exception as exc:
             raise classify(exc) from exc
-        return uuid.uuid4().hex, missing
+        return uuid.uuid4().hex, reports
 
 
 def _log_retry(state: RetryCallState) -> None:
     error = state.outcome.exception() if state.outcome else None
     log.warning("batch retry", attempt=state.attempt_number, error=str(error))
-
-
-def _written(outcomes: dict[Submission, Receipt | PipelineError]) -> dict[str, int]:
-    """Rows committed by kind (a job that failed wrote none)."""
-    written: dict[str, int] = defaultdict(int)
-    for sub, outcome in outcomes.items():
-        if not isinstance(outcome, Exception):
-            written[sub.kind] += len(sub.rows)
-    return dict(written)
-
-
-def _unresolved(sub: Submission, missing: dict[Target, set[Row]]) -> list[Row]:
-    keys = missing.get(sub.target)
-    if not keys:
-        return []
-    key_of = sub.target.key_of
-    return [key_of(row) for row in sub.rows if key_of(row) in keys]
 
 
 def _settle(outcomes: dict[Submission, Receipt | PipelineError]) -> None:

@@ -38,6 +38,7 @@ _RECORD = text(
     ON CONFLICT (job_id) DO UPDATE
     SET error_class = EXCLUDED.error_class, error_message = EXCLUDED.error_message,
         tries = GREATEST(dead_letters.tries, EXCLUDED.tries), last_seen_at = now()
+    RETURNING id
     """
 )
 _REFRESH = text(
@@ -46,6 +47,7 @@ _REFRESH = text(
     SET error_class = :error_class, error_message = :error_message,
         tries = tries + :tries, last_seen_at = now()
     WHERE id = :id
+    RETURNING id
     """
 )
 _COLUMNS = (
@@ -156,8 +158,9 @@ async def record(
     error: BaseException,
     tries: int,
     raw: bytes | None = None,
-) -> None:
-    """Store (or refresh) the dead letter of a job; recording the same job twice keeps one row.
+) -> int:
+    """Store (or refresh) the dead letter of a job, and return its id; recording the same job
+    twice keeps one row.
 
     ``raw`` is the job's bytes when its arguments did not decode (``payload`` is then ``{}``); a
     payload nested too deep for JSON is stored as its msgpack bytes instead.
@@ -173,10 +176,10 @@ async def record(
     original = replayed_from(job_id)
     async with engine.begin() as conn:
         if original is not None:
-            refreshed = await conn.execute(_REFRESH, {**params, "id": original})
-            if refreshed.rowcount:
-                return
-        await conn.execute(
+            refreshed = (await conn.execute(_REFRESH, {**params, "id": original})).scalar()
+            if refreshed is not None:
+                return int(refreshed)
+        result = await conn.execute(
             _RECORD,
             {
                 **params,
@@ -186,6 +189,7 @@ async def record(
                 "raw": raw,
             },
         )
+        return int(result.scalar_one())
 
 
 async def keep(
@@ -197,7 +201,7 @@ async def keep(
     error: BaseException,
     tries: int,
     raw: bytes | None = None,
-) -> None:
+) -> int:
     """:func:`record`, made to succeed whatever the job carried: when PostgreSQL refuses the
     payload itself, the letter is recorded with the payload's msgpack bytes (or its text).
 
@@ -205,7 +209,7 @@ async def keep(
     (a dead letter must not be lost).
     """
     try:
-        await record(
+        return await record(
             engine,
             job_id=job_id,
             function=function,
@@ -218,7 +222,7 @@ async def keep(
         if isinstance(classify(exc), TransientError):
             raise
         unstorable, packed = _packed(payload)
-        await record(
+        return await record(
             engine,
             job_id=job_id,
             function=function,

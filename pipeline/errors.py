@@ -32,6 +32,9 @@ class UndeliverableJob(PipelineError):
 class MissingReference(PipelineError):
     """A row this job refers to (a parent node, a node to score) does not exist yet."""
 
+    #: Rows of the job that the same transaction applied (its other rows), for its receipt.
+    applied: int = 0
+
 
 class DataError(PipelineError):
     """PostgreSQL refused this job's rows (check, not-null, too long…); retrying cannot help."""
@@ -76,6 +79,8 @@ class JobFailed(PipelineError):
 # SQLSTATE classes (first two characters) and codes that mean "try again": connection, resources,
 # operator intervention, transaction rollback, system error, snapshot too old, internal error.
 _TRANSIENT_CLASSES = {"08", "53", "57", "40", "58", "72", "XX"}
+# Syntax error or access rule violation (an unknown table or column), feature not supported.
+_STATEMENT_CLASSES = {"42", "0A"}
 # Lock not available, object in use, read-only transaction (a primary demoted by a failover).
 _TRANSIENT_CODES = {"55P03", "55006", "25006"}
 _FOREIGN_KEY_VIOLATION = "23503"
@@ -101,7 +106,12 @@ def classify(error: BaseException) -> PipelineError:
         return MissingReference(message)
     if code is not None and (code[:2] in _TRANSIENT_CLASSES or code in _TRANSIENT_CODES):
         return TransientError(message)
-    if code is not None and code[:2] in {"22", "23", "42"}:
+    if code is not None and code[:2] in _STATEMENT_CLASSES:
+        # The statement itself is refused, whatever the rows: the schema is behind the code
+        # (migrations not run) or a bug. Retried while the retry clock allows, never bisected
+        # into one dead letter per job.
+        return TransientError(f"{message} (is the database migrated? `pipeline migrate`)")
+    if code is not None and code[:2] in {"22", "23"}:
         return DataError(message)
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return TransientError(message)

@@ -4,6 +4,7 @@ arq should do with the job (complete it, retry it later, or fail it and keep a d
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -12,8 +13,8 @@ from arq import Retry
 from arq.typing import WorkerCoroutine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline import dead_letters, metrics
-from pipeline.coalescer import Coalescer, Receipt
+from pipeline import atomic, dead_letters, metrics
+from pipeline.coalescer import Coalescer, Parts
 from pipeline.errors import (
     DataError,
     InvalidPayload,
@@ -23,12 +24,31 @@ from pipeline.errors import (
     TransientError,
     classify,
 )
-from pipeline.kinds.base import Row, WriteKind
+from pipeline.kinds import ATOMIC
+from pipeline.kinds.base import WriteKind
+from pipeline.outcomes import Receipt
 from pipeline.retries import RetryClock
 from pipeline.serialization import OVERSIZED
 from pipeline.settings import Settings
 
 log = structlog.get_logger("pipeline.jobs")
+
+
+#: How a job's keyword arguments become rows: (kwargs, default version) -> (rows by target,
+#: whether the job asked to be written first). Raises :class:`InvalidPayload`.
+Reader = Callable[[dict[str, Any], int], tuple[Parts, bool]]
+
+
+def read_kind(kind: WriteKind[Any]) -> Reader:
+    """The reader of a write kind's jobs: its payload model, its rows, its one target."""
+
+    def read(kwargs: dict[str, Any], default_version: int) -> tuple[Parts, bool]:
+        payload = kind.parse(kwargs)
+        # A waiting job keeps its rows and its raw arguments (for a dead letter), not a third
+        # copy of its items: the payload is dropped here.
+        return [(kind.target, kind.rows(payload, default_version))], kind.urgent(payload)
+
+    return read
 
 
 class JobRunner:
@@ -51,97 +71,107 @@ class JobRunner:
 
     async def run(
         self,
-        kind: WriteKind[Any],
+        function: str,
+        read: Reader,
         ctx: dict[str, Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        *,
+        atomic: bool = False,
     ) -> Receipt:
         """Validate, write and settle one job, and count what became of it."""
         metrics.IN_FLIGHT.count += 1
         try:
-            receipt = await self._run(kind, ctx, args, kwargs)
+            receipt = await self._run(self._job(function, ctx, kwargs), read, args, atomic)
         except asyncio.CancelledError:
             await self._give_back(ctx)
             raise
         except Exception as exc:
-            metrics.job_finished(kind.name, _outcome(exc))
+            metrics.job_finished(function, _outcome(exc))
             raise
         finally:
             metrics.IN_FLIGHT.count -= 1
-        metrics.job_finished(kind.name, "completed")
+        metrics.job_finished(function, "completed")
         return receipt
 
-    async def _run(
-        self,
-        kind: WriteKind[Any],
-        ctx: dict[str, Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Receipt:
-        now = asyncio.get_running_loop().time()
-        deadline = now + self.commit_wait_s
-        job = _Job(kind, ctx, kwargs, deadline, deadline + self.settle_s * 0.75)
+    def _job(self, function: str, ctx: dict[str, Any], kwargs: dict[str, Any]) -> _Job:
+        deadline = asyncio.get_running_loop().time() + self.commit_wait_s
+        return _Job(function, ctx, kwargs, deadline, deadline + self.settle_s * 0.75)
+
+    async def _run(self, job: _Job, read: Reader, args: tuple[Any, ...], atomic: bool) -> Receipt:
         try:
             self._check_runs(job)
-            payload = self._validate(kind, args, kwargs)
-            rows = self._rows(kind, ctx, payload)
-            urgent = kind.urgent(payload)
-            # A waiting job keeps its rows and its raw arguments (for a dead letter), not a third
-            # copy of its items.
-            del payload
+            parts, urgent = self._read(job, read, args)
         except (InvalidPayload, NeverFinished) as exc:
             await self._dead_letter(job, exc)
             raise
         except Exception as exc:  # input that trips a bug: set this job aside, the worker goes on
-            error = InvalidPayload(
-                f"{kind.name}: the payload cannot be read ({type(exc).__name__})"
-            )
+            reason = f"the payload cannot be read ({type(exc).__name__})"
+            error = InvalidPayload(f"{job.function}: {reason}")
             await self._dead_letter(job, error)
             raise error from exc
+        if not any(rows for _, rows in parts):  # nothing to write: done, without a transaction
+            return Receipt(batch_id=None, rows=0, applied=0, unchanged=0, jobs=0, committed_at=None)
         try:
             async with asyncio.timeout_at(job.deadline):  # no extra task, unlike wait_for
                 receipt = await self.coalescer.submit(
-                    ctx["job_id"], kind.name, kind.target, rows, urgent=urgent
+                    job.ctx["job_id"], job.function, parts, urgent=urgent, atomic=atomic
                 )
         except TimeoutError as exc:
             reason = "PostgreSQL is unreachable" if not self.gate.is_open else "slow commit"
-            await self._hand_back(job, TransientError(f"{kind.name}: {reason}"), exc)
+            await self._hand_back(job, TransientError(f"{job.function}: {reason}"), exc)
         except (MissingReference, TransientError) as exc:
             await self._hand_back(job, exc, exc)
         except DataError as exc:
             await self._dead_letter(job, exc)
             raise
         await self._settle_replay(job)
-        return receipt
+        return await self._with_earlier_runs(job, receipt)
 
     def _check_runs(self, job: _Job) -> None:
         """A job started more than ``max_tries`` times never finished any of its runs."""
         tries = int(job.ctx["job_try"])
         if tries > self.settings.max_tries:
             raise NeverFinished(
-                f"{job.kind.name}: started {tries} times, and every run was cut short (its worker "
+                f"{job.function}: started {tries} times, and every run was cut short (its worker "
                 "was killed or stopped, or it timed out)"
             )
 
-    def _validate(self, kind: WriteKind[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _read(self, job: _Job, read: Reader, args: tuple[Any, ...]) -> tuple[Parts, bool]:
+        kwargs, function = job.kwargs, job.function
         if OVERSIZED in kwargs:
             raise InvalidPayload(
-                f"{kind.name}: the job is {kwargs[OVERSIZED]} bytes; "
+                f"{function}: the job is {kwargs[OVERSIZED]} bytes; "
                 f"at most {self.settings.job_max_bytes}"
             )
         if args:
             raise InvalidPayload(
-                f"{kind.name} takes keyword arguments only, got {len(args)} positional"
+                f"{function} takes keyword arguments only, got {len(args)} positional"
             )
-        return kind.parse(kwargs)
-
-    def _rows(self, kind: WriteKind[Any], ctx: dict[str, Any], payload: Any) -> list[Row]:
-        rows = kind.rows(payload, int(ctx["enqueue_time"].timestamp() * 1000) * 1000)
-        if len(rows) > self.settings.job_max_items:
+        parts, urgent = read(kwargs, job.enqueue_ms * 1000)
+        items = sum(len(rows) for _, rows in parts)
+        if items > self.settings.job_max_items:
             raise InvalidPayload(
-                f"{kind.name}: {len(rows)} items in one job; at most {self.settings.job_max_items}"
+                f"{function}: {items} items in one job; at most {self.settings.job_max_items}"
             )
-        return rows
+        return parts, urgent
+
+    async def _with_earlier_runs(self, job: _Job, receipt: Receipt) -> Receipt:
+        """The receipt, counting the rows earlier runs of the job applied (runs that ended on a
+        missing reference commit their other rows). Only a job that may have run before — its
+        score is not its enqueue time — asks Redis."""
+        if int(job.ctx.get("score") or job.enqueue_ms) == job.enqueue_ms:
+            return receipt
+        try:
+            async with asyncio.timeout_at(job.last_moment):
+                earlier = await self.clock.applied(job.ctx["redis"], job.ctx["job_id"])
+        except Exception as exc:  # the receipt then counts this run only
+            log.warning("earlier runs not counted", job_id=job.ctx["job_id"], error=repr(exc))
+            return receipt
+        if not earlier:
+            return receipt
+        applied = min(receipt["rows"], receipt["applied"] + earlier)
+        return Receipt({**receipt, "applied": applied, "unchanged": receipt["rows"] - applied})
 
     async def _hand_back(self, job: _Job, error: PipelineError, cause: BaseException) -> NoReturn:
         """Send the job back to the queue with ``Retry`` (its try given back), or dead-letter it
@@ -175,7 +205,7 @@ class JobRunner:
                 await dead_letters.resolve(self.engine, job.ctx["job_id"])
         except Exception as exc:
             self.gate.suspect()
-            await self._hand_back(job, TransientError(f"{job.kind.name}: {exc!r}"), exc)
+            await self._hand_back(job, TransientError(f"{job.function}: {exc!r}"), exc)
 
     async def _dead_letter(
         self, job: _Job, error: PipelineError, *, tries_given_back: bool = False
@@ -183,14 +213,14 @@ class JobRunner:
         """Record the job's dead letter (or hand the job back while that cannot be done)."""
         await self.keep_dead_letter(
             job.ctx,
-            function=job.kind.name,
+            function=job.function,
             payload=job.kwargs,
             error=error,
             tries=job.tries,
             last_moment=job.last_moment,
             tries_given_back=tries_given_back,
         )
-        metrics.dead_lettered(job.kind.name, type(error).__name__)
+        metrics.dead_lettered(job.function, type(error).__name__)
 
     async def keep_dead_letter(
         self,
@@ -206,14 +236,15 @@ class JobRunner:
     ) -> None:
         """Record a job's dead letter before ``last_moment`` (by default, before the job's
         timeout). While that cannot be done (PostgreSQL unreachable), the job goes back to the
-        queue instead, its try given back: a dead letter is never lost, only late."""
+        queue instead, its try given back: a dead letter is never lost, only late. The letter's id
+        is kept on ``error``, for the job's failed result."""
         if last_moment is None:
             last_moment = asyncio.get_running_loop().time() + self.commit_wait_s
         try:
             async with asyncio.timeout_at(last_moment):
                 if not await self.gate.wait_open():
                     raise TransientError("PostgreSQL is unreachable")
-                await dead_letters.keep(
+                error.dead_letter_id = await dead_letters.keep(
                     self.engine,
                     job_id=ctx["job_id"],
                     function=function,
@@ -242,15 +273,17 @@ class JobRunner:
 class _Job:
     """One run of a job, as the runner sees it."""
 
-    kind: WriteKind[Any]
+    function: str
     ctx: dict[str, Any]
     kwargs: dict[str, Any]
     deadline: float  # loop time by which its commit must have come
     last_moment: float  # loop time by which everything else must be done
     tries: int = field(init=False)
+    enqueue_ms: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.tries = int(self.ctx["job_try"])
+        self.enqueue_ms = round(self.ctx["enqueue_time"].timestamp() * 1000)
 
 
 def _gave_up(error: PipelineError, waited_s: float) -> PipelineError:
@@ -274,11 +307,25 @@ def _outcome(error: Exception) -> str:
 def job_function(kind: WriteKind[Any]) -> WorkerCoroutine:
     """The arq coroutine of a write kind, named after it."""
     metrics.declare_kind(kind.name)
+    read = read_kind(kind)
 
     async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Receipt:
         runner: JobRunner = ctx["pipeline"]
-        return await runner.run(kind, ctx, args, kwargs)
+        return await runner.run(kind.name, read, ctx, args, kwargs)
 
     run.__name__ = run.__qualname__ = kind.name
     run.__doc__ = f"arq job ``{kind.name}``: {kind.payload.__doc__}"
+    return run
+
+
+def atomic_function() -> WorkerCoroutine:
+    """The arq coroutine of ``atomic``: several kinds' writes, committed together or not at all."""
+    metrics.declare_kind(ATOMIC)
+
+    async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Receipt:
+        runner: JobRunner = ctx["pipeline"]
+        return await runner.run(ATOMIC, atomic.parts, ctx, args, kwargs, atomic=True)
+
+    run.__name__ = run.__qualname__ = ATOMIC
+    run.__doc__ = f"arq job ``{ATOMIC}``: {atomic.Atomic.__doc__}"
     return run

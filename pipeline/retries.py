@@ -27,8 +27,9 @@ from pipeline.settings import Settings
 CLOCK_PREFIX = "pipeline:retry-clock:"
 
 # KEYS: arq's try counter of the job, the job's retry clock. ARGV: now (ms), the clock's expiry
-# (s), '1' if this failure counts (PostgreSQL was reachable) else '0'. Gives the run's try back,
-# then returns the clock's counted milliseconds and how many times the job was handed back.
+# (s), '1' if this failure counts (PostgreSQL was reachable) else '0', rows the run applied. Gives
+# the run's try back, then returns the clock's counted milliseconds and how many times the job
+# was handed back.
 _HAND_BACK = """
 local tries = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tries > 0 then
@@ -47,6 +48,7 @@ else
   last = 0
 end
 redis.call('HSET', KEYS[2], 'last', last, 'waited', waited, 'returns', returns)
+redis.call('HINCRBY', KEYS[2], 'applied', ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return {waited, returns}
 """
@@ -98,7 +100,12 @@ class RetryClock:
         counted = counts(error)
         waited_ms, returns = await hand_back(
             keys=[retry_key_prefix + job_id, CLOCK_PREFIX + job_id],
-            args=[timestamp_ms(), self.settings.job_expiry_s, "1" if counted else "0"],
+            args=[
+                timestamp_ms(),
+                self.settings.job_expiry_s,
+                "1" if counted else "0",
+                error.applied if isinstance(error, MissingReference) else 0,
+            ],
         )
         waited_s = int(waited_ms) / 1000
         return HandBack(
@@ -107,6 +114,11 @@ class RetryClock:
             give_up=counted and waited_s >= self.settings.retry_wait_s,
             defer_s=self.delay(error, int(returns)),
         )
+
+    async def applied(self, redis: ArqRedis, job_id: str) -> int:
+        """Rows that earlier runs of ``job_id`` applied before handing it back."""
+        value: Any = await redis.hget(CLOCK_PREFIX + job_id, "applied")  # type: ignore[misc]
+        return int(value or 0)
 
     async def give_back(self, redis: ArqRedis, job_id: str) -> None:
         """Give back the try of a run that was cancelled (the worker is stopping)."""

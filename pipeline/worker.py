@@ -27,8 +27,8 @@ from pipeline.claiming import BatchWorker
 from pipeline.coalescer import Coalescer
 from pipeline.db import connect_queue, create_engine, queue_redis, redacted
 from pipeline.gate import DatabaseGate
-from pipeline.jobs import JobRunner, job_function
-from pipeline.kinds import KINDS
+from pipeline.jobs import JobRunner, atomic_function, job_function
+from pipeline.kinds import ATOMIC, KINDS
 from pipeline.serialization import JobDeserializer, serialize
 from pipeline.settings import Settings, get_settings
 
@@ -115,14 +115,15 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 def functions(settings: Settings) -> list[Function]:
-    """One arq function per write kind, and the one that records undeliverable jobs.
+    """One arq function per write kind, ``atomic``, and the one that records undeliverable jobs.
 
     arq fails a job without running it once its tries pass ``max_tries``; the pipeline
-    dead-letters a job itself on its last try, so arq's limit sits a little above that.
+    dead-letters a job itself once its runs pass ``max_tries``, so arq's limit sits above that.
     """
-    return [
-        func(job_function(kind), name=kind.name, max_tries=settings.max_tries + 2) for kind in KINDS
-    ] + [undeliverable.function(settings)]
+    tries = settings.max_tries + 2
+    writes = [func(job_function(kind), name=kind.name, max_tries=tries) for kind in KINDS]
+    unit = func(atomic_function(), name=ATOMIC, max_tries=tries)
+    return [*writes, unit, undeliverable.function(settings)]
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:

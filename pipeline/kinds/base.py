@@ -126,14 +126,47 @@ class Invalidation:
             await conn.execute(clause, params)
 
 
-@dataclass(frozen=True)
-class Unapplied:
-    """What a target's statements could not apply: the keys whose rows refer to rows that do not
-    exist yet, and the keys an immutable target holds a different definition of (with what
-    differs, in a value-free phrase)."""
+@dataclass
+class Report:
+    """What a target's statements did not apply, by key (every other key sent was applied).
+
+    ``missing``: refers to a row that does not exist yet (the job is retried). ``unchanged``:
+    nothing to change (a stale version, a re-delivery, a record already written the same way).
+    ``conflicts``: an immutable record written before with a different definition (what differs,
+    value-free). ``rejected``: refused for a reason of its own (a node moved under its own
+    descendant). ``touched``: more keys for the target's invalidation (a moved node's old
+    parent). ``fields``: for keys sent with a detail request, which of the row's fields applied
+    (a bit mask in the order of the target's ``fields``).
+    """
 
     missing: set[Row] = field(default_factory=set)
-    conflicts: Mapping[Row, str] = field(default_factory=dict)
+    unchanged: set[Row] = field(default_factory=set)
+    conflicts: dict[Row, str] = field(default_factory=dict)
+    rejected: dict[Row, str] = field(default_factory=dict)
+    touched: list[Row] = field(default_factory=list)
+    fields: dict[Row, int] = field(default_factory=dict)
+
+    def unapplied(self) -> set[Row]:
+        """Every key that was not applied."""
+        return self.missing | self.unchanged | self.conflicts.keys() | self.rejected.keys()
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A target's rows of one batch: one per key, merged, sorted, with who sent what.
+
+    ``owner`` is the submission (its index in the batch) whose row a key was first sent by;
+    ``sent`` lists, for the keys sent more than once, every (submission, row) in order.
+    """
+
+    rows: list[Row]
+    merged: dict[Row, Row]
+    owner: dict[Row, int]
+    sent: dict[Row, list[tuple[int, Row]]]
+
+    def senders(self, key: Row) -> list[tuple[int, Row]]:
+        """Every (submission, row) sent for ``key``."""
+        return self.sent.get(key) or [(self.owner[key], self.merged[key])]
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,8 +177,11 @@ class Target:
     do it all) in which ``{rows}`` stands for ``unnest(CAST(:col AS type[]), …) AS v(col, …)``,
     ``{keys}`` for the same of the key's columns only (``AS k(…)``) and ``{size}`` for the
     number of rows. When ``reports`` is set, the (last) statement returns ``(problem, *key)``
-    rows: ``'missing'`` for a row it could not apply because a row it refers to does not exist
-    yet, ``'present'`` for a row an immutable target did not insert because its key exists.
+    rows for the keys it did not apply (see :class:`Report`): ``'missing'``, ``'unchanged'``,
+    ``'present'`` (an immutable target did not insert it because its key exists: unchanged,
+    unless the stored definition differs), ``'rejected'`` (with a reason after the key),
+    ``'touched'`` (a key for the invalidation) and ``'fields'`` (with a bit mask after the key).
+    A statement reports only what it did not apply, so the common case returns no rows.
     ``lock``, when set, runs first, with ``:scopes`` the batch's distinct values of the key's
     first column in order: it takes the locks that keep two batches of this target from waiting
     on each other's rows.
@@ -171,6 +207,12 @@ class Target:
     immutable: bool = False
     conflicts: str | None = None
     json_columns: tuple[str, ...] = ()
+    #: Whether a row sent for a key counts as applied when its key was applied (given the row
+    #: that was written, and the key's ``fields`` mask if one was reported). By default the row
+    #: that stood in the batch's merge is the one applied; the others were superseded.
+    credit: Callable[[Row, Row, int | None], bool] | None = None
+    #: Called with the merged row of every key sent more than once (it may ask for ``fields``).
+    on_collision: Callable[[Row], Row] | None = None
     statements: tuple[TextClause, ...] = field(init=False, repr=False)
     lock_clause: TextClause | None = field(init=False, repr=False)
     conflicts_clause: TextClause | None = field(init=False, repr=False)
@@ -216,15 +258,37 @@ class Target:
         touched_of = self.touched_of
         return [touched_of(row) for row in rows]
 
-    def prepare(self, rows: Iterable[Row]) -> list[Row]:
-        """One row per key (merged by the target's rule), sorted by key."""
+    def prepare(self, groups: Iterable[tuple[int, Sequence[Row]]]) -> Prepared:
+        """One row per key (merged by the target's rule), sorted by key; ``groups`` are the rows
+        of each submission, by its index in the batch, in the batch's order."""
         merged: dict[Row, Row] = {}
+        owner: dict[Row, int] = {}
+        sent: dict[Row, list[tuple[int, Row]]] = {}
         key_of, merge = self.key_of, self.merge
-        for row in rows:
-            key = key_of(row)
-            old = merged.get(key)
-            merged[key] = row if old is None else merge(old, row)
-        return [merged[key] for key in sorted(merged)]
+        for index, rows in groups:
+            for row in rows:
+                key = key_of(row)
+                old = merged.get(key)
+                if old is None:
+                    merged[key] = row
+                    owner[key] = index
+                    continue
+                if key not in sent:
+                    sent[key] = [(owner[key], old)]
+                sent[key].append((index, row))
+                merged[key] = merge(old, row)
+        if sent and self.on_collision is not None:
+            for key in sent:
+                merged[key] = self.on_collision(merged[key])
+        return Prepared([merged[key] for key in sorted(merged)], merged, owner, sent)
+
+    def merged_rows(self, rows: Sequence[Row]) -> list[Row]:
+        """:meth:`prepare` of one submission's rows: what the statement would be sent."""
+        return self.prepare([(0, rows)]).rows
+
+    def credited(self, row: Row, written: Row, fields: int | None) -> bool:
+        """Whether ``row``, sent for a key that was applied, is what was applied."""
+        return row is written if self.credit is None else self.credit(row, written, fields)
 
     def differences(self, old: Row, new: Row) -> list[str]:
         """The columns in which two rows differ (``json_columns`` compared as JSON values)."""
@@ -269,26 +333,42 @@ class Target:
         names = [name for name, _ in self.columns]
         return dict(zip(names, (list(c) for c in zip(*rows, strict=True)), strict=True))
 
-    async def write(self, conn: AsyncConnection, rows: Sequence[Row]) -> Unapplied:
-        """Execute the statements for prepared rows; what they could not apply."""
+    async def write(self, conn: AsyncConnection, rows: Sequence[Row]) -> Report:
+        """Execute the statements for prepared rows; what they did not apply."""
         if self.lock_clause is not None:
             scope = [name for name, _ in self.columns].index(self.key[0])
             await conn.execute(self.lock_clause, {"scopes": sorted({row[scope] for row in rows})})
         params = self._params(rows)
         for statement in self.statements:
             result = await conn.execute(statement, params)
+        report = Report()
         if not self.reports:
-            return Unapplied()
-        found: dict[str, set[Row]] = {"missing": set(), "present": set()}
-        for problem, *key in result:
-            found[problem].add(tuple(key))
-        present = found["present"]
-        if not present or self.conflicts_clause is None:
-            return Unapplied(found["missing"])
-        key_of = self.key_of
-        sent = self._params([row for row in rows if key_of(row) in present])
-        differing = await conn.execute(self.conflicts_clause, sent)
-        return Unapplied(found["missing"], {tuple(key): detail for *key, detail in differing})
+            return report
+        present: set[Row] = set()
+        size = len(self.key)
+        for problem, *rest in result:
+            key = tuple(rest[:size])
+            if problem == "missing":
+                report.missing.add(key)
+            elif problem == "unchanged":
+                report.unchanged.add(key)
+            elif problem == "present":
+                present.add(key)
+            elif problem == "rejected":
+                report.rejected[key] = str(rest[size])
+            elif problem == "touched":
+                report.touched.append(key)
+            elif problem == "fields":
+                report.fields[key] = int(rest[size])
+            else:
+                raise ValueError(f"{self.name}: a statement reported {problem!r}")
+        if present and self.conflicts_clause is not None:
+            key_of = self.key_of
+            sent = self._params([row for row in rows if key_of(row) in present])
+            differing = await conn.execute(self.conflicts_clause, sent)
+            report.conflicts = {tuple(key): detail for *key, detail in differing}
+        report.unchanged |= present - report.conflicts.keys()
+        return report
 
 
 @dataclass(frozen=True)

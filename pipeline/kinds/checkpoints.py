@@ -153,6 +153,11 @@ ACTIVATIONS = Target(
         SELECT 'missing', * FROM (
             SELECT model_name, framework FROM v EXCEPT SELECT model_name, framework FROM target
         ) m
+        UNION ALL
+        SELECT 'unchanged', * FROM (
+            SELECT model_name, framework FROM target
+            EXCEPT SELECT model_name, COALESCE(framework, '') FROM activated
+        ) u
         """,
     ),
 )

@@ -67,6 +67,7 @@ CLAIMS = Target(
     ),
     key=("external_id",),
     merge=newest(5),
+    reports=True,
     sql="""
         WITH v AS (SELECT * FROM {rows}),
         written AS (
@@ -89,12 +90,17 @@ CLAIMS = Target(
                                       'source', c.source, 'metadata', c.metadata,
                                       'version', c.version) AS state
             FROM claims c JOIN v USING (external_id)
+        ),
+        audited AS (
+            INSERT INTO audit_log (entity_type, entity_id, action, changes, actor)
+            SELECT 'claim', w.external_id, CASE WHEN w.created THEN 'create' ELSE 'update' END,
+                   jsonb_build_object('before', b.state, 'after', w.state), v.actor
+            FROM written w JOIN v USING (external_id) LEFT JOIN before b USING (external_id)
+            ORDER BY w.external_id
         )
-        INSERT INTO audit_log (entity_type, entity_id, action, changes, actor)
-        SELECT 'claim', w.external_id, CASE WHEN w.created THEN 'create' ELSE 'update' END,
-               jsonb_build_object('before', b.state, 'after', w.state), v.actor
-        FROM written w JOIN v USING (external_id) LEFT JOIN before b USING (external_id)
-        ORDER BY w.external_id
+        SELECT 'unchanged', * FROM (
+            SELECT external_id FROM v EXCEPT SELECT external_id FROM written
+        ) d WHERE (SELECT count(*) FROM written) < {size}
     """,
 )
 
@@ -216,6 +222,7 @@ CONSENSUS = Target(
     ),
     key=("claim_id",),
     merge=newest(6),
+    reports=True,
     sql="""
         WITH v AS (SELECT * FROM {rows}),
         written AS (
@@ -249,12 +256,17 @@ CONSENSUS = Target(
                                       'consensus_confidence', d.consensus_confidence,
                                       'version', d.version) AS state
             FROM consensus_decisions d JOIN v USING (claim_id)
+        ),
+        audited AS (
+            INSERT INTO audit_log (entity_type, entity_id, action, changes, actor)
+            SELECT 'consensus', w.claim_id, CASE WHEN w.created THEN 'create' ELSE 'update' END,
+                   jsonb_build_object('before', b.state, 'after', w.state), v.actor
+            FROM written w JOIN v USING (claim_id) LEFT JOIN before b USING (claim_id)
+            ORDER BY w.claim_id
         )
-        INSERT INTO audit_log (entity_type, entity_id, action, changes, actor)
-        SELECT 'consensus', w.claim_id, CASE WHEN w.created THEN 'create' ELSE 'update' END,
-               jsonb_build_object('before', b.state, 'after', w.state), v.actor
-        FROM written w JOIN v USING (claim_id) LEFT JOIN before b USING (claim_id)
-        ORDER BY w.claim_id
+        SELECT 'unchanged', * FROM (
+            SELECT claim_id FROM v EXCEPT SELECT claim_id FROM written
+        ) d WHERE (SELECT count(*) FROM written) < {size}
     """,
 )
 

@@ -34,15 +34,22 @@ SERVICE_HEALTH = Target(
     ),
     key=("service_name", "instance_id"),
     merge=newest(3),
+    reports=True,
     sql="""
-        INSERT INTO service_health AS t (service_name, instance_id, status, last_heartbeat,
-                                         metadata)
-        SELECT service_name, instance_id, status, last_heartbeat, CAST(metadata AS jsonb)
-        FROM {rows}
-        ON CONFLICT (service_name, instance_id) DO UPDATE
-        SET status = EXCLUDED.status, last_heartbeat = EXCLUDED.last_heartbeat,
-            metadata = EXCLUDED.metadata
-        WHERE t.last_heartbeat < EXCLUDED.last_heartbeat
+        WITH written AS (
+            INSERT INTO service_health AS t (service_name, instance_id, status, last_heartbeat,
+                                             metadata)
+            SELECT service_name, instance_id, status, last_heartbeat, CAST(metadata AS jsonb)
+            FROM {rows}
+            ON CONFLICT (service_name, instance_id) DO UPDATE
+            SET status = EXCLUDED.status, last_heartbeat = EXCLUDED.last_heartbeat,
+                metadata = EXCLUDED.metadata
+            WHERE t.last_heartbeat < EXCLUDED.last_heartbeat
+            RETURNING t.service_name, t.instance_id
+        )
+        SELECT 'unchanged', * FROM (
+            SELECT * FROM {keys} EXCEPT SELECT * FROM written
+        ) d WHERE (SELECT count(*) FROM written) < {size}
     """,
 )
 

@@ -1,8 +1,9 @@
 """The node tree: ``insert_nodes``, ``update_scores`` and ``update_statuses``.
 
-Nodes are inserted if absent. A node is placed only when its parent exists already or is placed in
-the same statement (so a chain of new nodes lands together); nodes whose parent is missing are
-reported back and their jobs retried later. Scores and status are last-write-wins, each field with
+Nodes are saved: created if absent, updated (label, content, metadata, parent) by a newer
+definition version. A node is placed only when its parent exists already or is placed in the same
+statement (so a chain of new nodes lands together); nodes whose parent is missing are reported
+back and their jobs retried later; a move under the node's own descendant is refused. Scores and status are last-write-wins, each field with
 its own version, so an update of one score never undoes a newer update of the other. Both update
 kinds feed one target, so ``nodes`` rows are updated by one statement per batch, under the project's
 node-update lock. Their items are typed dicts, not models: they are the busiest kinds, and pydantic
@@ -19,7 +20,7 @@ from typing import Annotated, Literal, NotRequired
 from pydantic import AfterValidator, BaseModel, Field, model_validator, with_config
 from typing_extensions import TypedDict
 
-from pipeline.kinds.base import Invalidation, Row, Target, WriteKind
+from pipeline.kinds.base import Invalidation, Row, Target, WriteKind, newest
 from pipeline.kinds.fields import STRICT, Float, JsonObject, Key, Text, Version, to_json
 from pipeline.schema.taxonomy import branch_stats_lock_key, node_updates_lock_key
 
@@ -66,7 +67,7 @@ BRANCH_STATS = Invalidation(
 
 
 class NewNode(BaseModel):
-    """One node to insert."""
+    """One node to save: created if absent, else updated when the job's version is newer."""
 
     model_config = STRICT
     node_id: Key
@@ -92,6 +93,12 @@ class InsertNodes(BaseModel):
     version: Version | None = None
 
 
+# Two batches that move nodes of one project take turns, or they could each make half a cycle.
+NODE_LOCK = f"""
+    SELECT pg_advisory_xact_lock({node_updates_lock_key("p")})
+    FROM unnest(CAST(:scopes AS text[])) AS p ORDER BY p
+"""  # noqa: S608 - a constant SQL expression; no input is formatted in
+
 NODES = Target(
     name="nodes",
     table="nodes",
@@ -105,43 +112,102 @@ NODES = Target(
         ("status", "text"),
         ("status_version", "int8"),
         ("metadata", "text"),
+        ("version", "int8"),
     ),
     key=("project_id", "node_id"),
+    merge=newest(8),
     reports=True,
     invalidates=BRANCH_STATS,
+    lock=NODE_LOCK,
+    # ``fresh``: the rows to write, new nodes and newer definitions of stored ones. A node is
+    # placed when its parent exists or is placed in this statement (a chain of new nodes lands
+    # together). A node moved under a new parent climbs from there through the tree as it will
+    # be (the batch's parents over the stored ones): reaching itself, it is refused. The old
+    # parent of a moved node is read by a subquery (a statement does not see its own changes)
+    # and reported, so the branch statistics of its old ancestors are invalidated too.
     sql="""
         WITH RECURSIVE v AS (SELECT * FROM {rows}),
+        fresh AS MATERIALIZED (
+            SELECT v.*, n.node_id IS NOT NULL AS stored, n.parent_id AS stored_parent FROM v
+            LEFT JOIN nodes n ON n.project_id = v.project_id AND n.node_id = v.node_id
+            WHERE n.node_id IS NULL OR n.version < v.version
+        ),
         placed AS (
-            SELECT v.project_id, v.node_id FROM v
-            WHERE v.parent_id IS NULL OR EXISTS (
+            SELECT f.project_id, f.node_id FROM fresh f
+            WHERE f.parent_id IS NULL OR EXISTS (
                 SELECT 1 FROM nodes n
-                WHERE n.project_id = v.project_id AND n.node_id = v.parent_id)
+                WHERE n.project_id = f.project_id AND n.node_id = f.parent_id)
           UNION
             SELECT c.project_id, c.node_id
-            FROM v c JOIN placed p ON c.project_id = p.project_id AND c.parent_id = p.node_id
+            FROM fresh c JOIN placed p ON c.project_id = p.project_id AND c.parent_id = p.node_id
         ),
-        inserted AS (
-            INSERT INTO nodes (project_id, node_id, parent_id, label, content, status,
-                               status_version, metadata)
-            SELECT v.project_id, v.node_id, v.parent_id, v.label, v.content, v.status,
-                   v.status_version, CAST(v.metadata AS jsonb)
-            FROM v JOIN placed USING (project_id, node_id)
-            ORDER BY v.project_id, v.node_id
-            ON CONFLICT (project_id, node_id) DO NOTHING
+        climb (project_id, start, cur) AS (
+            SELECT project_id, node_id, parent_id FROM fresh
+            WHERE stored AND parent_id IS NOT NULL AND parent_id IS DISTINCT FROM stored_parent
+          UNION
+            SELECT c.project_id, c.start,
+                   CASE WHEN f.node_id IS NOT NULL THEN f.parent_id ELSE n.parent_id END
+            FROM climb c
+            LEFT JOIN fresh f ON f.project_id = c.project_id AND f.node_id = c.cur
+            LEFT JOIN nodes n ON n.project_id = c.project_id AND n.node_id = c.cur
+            WHERE c.cur <> c.start
+              AND CASE WHEN f.node_id IS NOT NULL THEN f.parent_id ELSE n.parent_id END
+                  IS NOT NULL
+        ),
+        cycles AS (SELECT DISTINCT project_id, start AS node_id FROM climb WHERE cur = start),
+        written AS (
+            INSERT INTO nodes AS t (project_id, node_id, parent_id, label, content, status,
+                                    status_version, metadata, version)
+            SELECT f.project_id, f.node_id, f.parent_id, f.label, f.content, f.status,
+                   f.status_version, CAST(f.metadata AS jsonb), f.version
+            FROM fresh f JOIN placed p ON p.project_id = f.project_id AND p.node_id = f.node_id
+            LEFT JOIN cycles x ON x.project_id = f.project_id AND x.node_id = f.node_id
+            WHERE x.node_id IS NULL
+            ORDER BY f.project_id, f.node_id
+            ON CONFLICT (project_id, node_id) DO UPDATE
+            SET parent_id = EXCLUDED.parent_id, label = EXCLUDED.label,
+                content = EXCLUDED.content, metadata = EXCLUDED.metadata,
+                version = EXCLUDED.version, updated_at = now()
+            WHERE t.version < EXCLUDED.version
+            RETURNING t.project_id, t.node_id, t.parent_id,
+                CASE WHEN t.xmax <> 0 THEN (
+                    SELECT o.parent_id FROM nodes o
+                    WHERE o.project_id = t.project_id AND o.node_id = t.node_id) END AS old_parent
+        ),
+        missing AS (
+            SELECT project_id, node_id FROM fresh WHERE (SELECT count(*) FROM written) < {size}
+            EXCEPT SELECT project_id, node_id FROM placed
+            EXCEPT SELECT project_id, node_id FROM cycles
+        ),
+        unchanged AS (
+            SELECT project_id, node_id FROM {keys} WHERE (SELECT count(*) FROM written) < {size}
+            EXCEPT SELECT project_id, node_id FROM written
+            EXCEPT SELECT project_id, node_id FROM missing
+            EXCEPT SELECT project_id, node_id FROM cycles
         )
-        SELECT 'missing', * FROM (
-            SELECT project_id, node_id FROM v EXCEPT SELECT project_id, node_id FROM placed
-        ) m
+        SELECT 'rejected', project_id, node_id,
+               'moving it under its new parent would make it its own ancestor'
+        FROM cycles
+        UNION ALL
+        SELECT 'missing', project_id, node_id, NULL FROM missing
+        UNION ALL
+        SELECT 'unchanged', project_id, node_id, NULL FROM unchanged
+        UNION ALL
+        SELECT 'touched', project_id, old_parent, NULL FROM written
+        WHERE old_parent IS NOT NULL AND old_parent IS DISTINCT FROM parent_id
     """,
 )
 
 
 def _insert_rows(p: InsertNodes, version: int) -> list[Row]:
     # The status a node is born with is the base any status update overrides, so it carries
-    # version 0 unless the producer versions it explicitly.
-    v = 0 if p.version is None else p.version
+    # version 0 unless the producer versions it explicitly; the definition (label, content,
+    # metadata, parent) carries the job's version, by default its enqueue time.
+    status_version = 0 if p.version is None else p.version
+    definition = version if p.version is None else p.version
     return [
-        (p.project_id, n.node_id, n.parent_id, n.label, n.content, n.status, v, to_json(n.metadata))
+        (p.project_id, n.node_id, n.parent_id, n.label, n.content, n.status, status_version)
+        + (to_json(n.metadata), definition)
         for n in p.nodes
     ]
 
@@ -162,6 +228,22 @@ def _merge_fields(old: Row, new: Row) -> Row:
     return tuple(merged)
 
 
+def _ask_detail(merged: Row) -> Row:
+    """A node several jobs updated: the statement reports which of its fields applied."""
+    return (*merged[:-1], True)
+
+
+def _credit(row: Row, written: Row, fields: int | None) -> bool:
+    """Whether ``row`` applied: one of its fields is the one written (and applied, by
+    ``fields``, the statement's bit mask in ``_FIELDS`` order)."""
+    for bit, (value, ver, _) in enumerate(_FIELDS):
+        if row[ver] is None or row[ver] != written[ver] or row[value] != written[value]:
+            continue
+        if fields is None or fields & (1 << bit):
+            return True
+    return False
+
+
 NODE_UPDATES = Target(
     name="node_updates",
     table="nodes",
@@ -176,9 +258,12 @@ NODE_UPDATES = Target(
         ("status", "text"),
         ("status_version", "int8"),
         ("actor", "text"),
+        ("detail", "bool"),  # sent more than once in the batch: report which fields applied
     ),
     key=("project_id", "node_id"),
     merge=_merge_fields,
+    credit=_credit,
+    on_collision=_ask_detail,
     reports=True,
     invalidates=BRANCH_STATS,
     # Two batches that update the same nodes must not lock them in opposite orders. An UPDATE …
@@ -187,13 +272,11 @@ NODE_UPDATES = Target(
     # as much again as the update. Instead every batch takes its projects' node-update locks
     # (advisory, in project order), and a statement run after that sees every earlier holder's
     # commit: two batches of one project take turns, batches of different projects never meet.
-    lock=f"""
-        SELECT pg_advisory_xact_lock({node_updates_lock_key("p")})
-        FROM unnest(CAST(:scopes AS text[])) AS p ORDER BY p
-    """,  # noqa: S608 - a constant SQL expression; no input is formatted in
+    lock=NODE_LOCK,
     # The old status, for the audit, is read by a subquery: a statement does not see its own
-    # changes. Rows that changed nothing are either stale or missing; only when some are is the
-    # table asked which (the one-time filter skips the anti-join otherwise).
+    # changes; so are, for a node several jobs of the batch updated, the fields that applied.
+    # Rows that changed nothing are either stale or missing; only when some are is the table
+    # asked which (the one-time filter skips the anti-join otherwise).
     sql="""
         WITH v AS (SELECT * FROM {rows}),
         updated AS (
@@ -216,7 +299,13 @@ NODE_UPDATES = Target(
             RETURNING n.project_id, n.node_id, n.status, n.status_version, v.actor,
                 CASE WHEN v.status_version IS NOT NULL THEN (
                     SELECT o.status FROM nodes o
-                    WHERE o.project_id = n.project_id AND o.node_id = n.node_id) END AS old_status
+                    WHERE o.project_id = n.project_id AND o.node_id = n.node_id) END AS old_status,
+                CASE WHEN v.detail THEN (
+                    SELECT CASE WHEN v.rubric_version > o.rubric_score_version THEN 1 ELSE 0 END
+                         + CASE WHEN v.ucb_version > o.ucb_score_version THEN 2 ELSE 0 END
+                         + CASE WHEN v.status_version > o.status_version THEN 4 ELSE 0 END
+                    FROM nodes o
+                    WHERE o.project_id = n.project_id AND o.node_id = n.node_id) END AS fields
         ),
         audited AS (
             INSERT INTO audit_log (entity_type, entity_id, action, changes, actor)
@@ -227,18 +316,25 @@ NODE_UPDATES = Target(
             FROM updated u
             WHERE u.status <> u.old_status  -- old_status is null for score-only rows
             ORDER BY u.project_id, u.node_id
+        ),
+        unapplied AS (
+            SELECT project_id, node_id FROM {keys} WHERE (SELECT count(*) FROM updated) < {size}
+            EXCEPT SELECT project_id, node_id FROM updated
         )
-        SELECT 'missing', v.project_id, v.node_id FROM v
-        WHERE (SELECT count(*) FROM updated) < (SELECT count(*) FROM v)
-          AND NOT EXISTS (SELECT 1 FROM nodes n
-                          WHERE n.project_id = v.project_id AND n.node_id = v.node_id)
+        SELECT CASE WHEN n.node_id IS NULL THEN 'missing' ELSE 'unchanged' END,
+               a.project_id, a.node_id, NULL
+        FROM unapplied a
+        LEFT JOIN nodes n ON n.project_id = a.project_id AND n.node_id = a.node_id
+        UNION ALL
+        SELECT 'fields', project_id, node_id, fields FROM updated WHERE fields IS NOT NULL
     """,
 )
 
 
 @with_config(STRICT)
 class ScoreUpdate(TypedDict):
-    """New scores of one node; a score left out keeps its stored value."""
+    """New scores of one node; a score left out keeps its stored value, one given as null is
+    cleared."""
 
     node_id: Key
     rubric_score: NotRequired[Float | None]
@@ -247,8 +343,8 @@ class ScoreUpdate(TypedDict):
 
 
 def _some_score(item: ScoreUpdate) -> ScoreUpdate:
-    if item.get("rubric_score") is None and item.get("ucb_score") is None:
-        raise ValueError("a score update needs rubric_score, ucb_score or both")
+    if "rubric_score" not in item and "ucb_score" not in item:
+        raise ValueError("a score update needs rubric_score, ucb_score or both (null clears one)")
     return item
 
 
@@ -267,19 +363,19 @@ def _score_rows(p: UpdateScores, version: int) -> list[Row]:
         v = s.get("version")
         if v is None:
             v = version
-        rubric = s.get("rubric_score")
-        ucb = s.get("ucb_score")
+        # A score given as null clears it (at this version); a score left out stays as it is.
         rows.append(
             (
                 project_id,
                 s["node_id"],
-                rubric,
-                None if rubric is None else v,
-                ucb,
-                None if ucb is None else v,
+                s.get("rubric_score"),
+                v if "rubric_score" in s else None,
+                s.get("ucb_score"),
+                v if "ucb_score" in s else None,
                 None,
                 None,
                 None,
+                False,
             )
         )
     return rows
@@ -312,7 +408,7 @@ def _status_rows(p: UpdateStatuses, version: int) -> list[Row]:
         v = s.get("version")
         rows.append(
             (p.project_id, s["node_id"], None, None, None, None, s["status"])
-            + (version if v is None else v, p.actor)
+            + (version if v is None else v, p.actor, False)
         )
     return rows
 

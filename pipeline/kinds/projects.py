@@ -25,13 +25,22 @@ PROJECTS = Target(
     columns=(("project_id", "text"), ("name", "text"), ("config", "text"), ("version", "int8")),
     key=("project_id",),
     merge=newest(3),
+    reports=True,
+    # The keys not written (a stale or repeated version) are looked for only when fewer rows
+    # were written than sent (a one-time filter).
     sql="""
-        INSERT INTO projects AS t (project_id, name, config, version)
-        SELECT project_id, name, CAST(config AS jsonb), version FROM {rows}
-        ON CONFLICT (project_id) DO UPDATE
-        SET name = EXCLUDED.name, config = EXCLUDED.config, version = EXCLUDED.version,
-            updated_at = now()
-        WHERE t.version < EXCLUDED.version
+        WITH written AS (
+            INSERT INTO projects AS t (project_id, name, config, version)
+            SELECT project_id, name, CAST(config AS jsonb), version FROM {rows}
+            ON CONFLICT (project_id) DO UPDATE
+            SET name = EXCLUDED.name, config = EXCLUDED.config, version = EXCLUDED.version,
+                updated_at = now()
+            WHERE t.version < EXCLUDED.version
+            RETURNING t.project_id
+        )
+        SELECT 'unchanged', * FROM (
+            SELECT * FROM {keys} EXCEPT SELECT * FROM written
+        ) d WHERE (SELECT count(*) FROM written) < {size}
     """,
 )
 

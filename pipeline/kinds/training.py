@@ -111,8 +111,11 @@ TRAINING_USED = Target(
             SET used_in_training = true, training_batch_id = l.training_batch_id
             FROM locked l
             WHERE t.id = l.id AND NOT t.used_in_training
+            RETURNING t.id
         )
         SELECT 'missing', id FROM (SELECT id FROM v EXCEPT SELECT id FROM locked) m
+        UNION ALL
+        SELECT 'unchanged', id FROM (SELECT id FROM locked EXCEPT SELECT id FROM marked) u
     """,
 )
 

@@ -103,6 +103,9 @@ class Node(Base):
     rubric_score_version: Mapped[int] = version()
     ucb_score: Mapped[float | None] = mapped_column(Double)
     ucb_score_version: Mapped[int] = version()
+    # The version of the definition (label, content, metadata, parent); last of the versioned
+    # columns, since its name hides the helper in this class body.
+    version: Mapped[int] = version()
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", server_default=text("'{}'::jsonb")
     )

@@ -60,6 +60,34 @@ async def make_worker(settings: Settings) -> AsyncIterator[Callable[..., Worker]
         await worker.close()
 
 
+WORKERS = {"arq": Worker, "pipeline": PipelineWorker}
+
+
+@pytest.fixture(params=sorted(WORKERS))
+def mode(request: pytest.FixtureRequest) -> str:
+    """Stock arq's ``Worker`` or the pipeline's batch worker: a test that takes this runs twice."""
+    return str(request.param)
+
+
+@pytest.fixture
+async def worker_of(settings: Settings, mode: str) -> AsyncIterator[Callable[..., Worker]]:
+    """Build workers of the test's mode with the pipeline's options (settings overridden by
+    keyword); closed after the test."""
+    made: list[Worker] = []
+
+    def make(*, burst: bool = True, **overrides: Any) -> Worker:
+        options = worker_options(settings.model_copy(update=overrides))
+        options["ctx"]["configure_logging"] = False
+        options.update({"burst": burst, "handle_signals": False})
+        worker = WORKERS[mode](**options)
+        made.append(worker)
+        return worker
+
+    yield make
+    for worker in made:
+        await worker.close()
+
+
 @pytest.fixture
 async def run_worker(make_worker: Callable[..., Worker]) -> Callable[..., Any]:
     """Drain the queue with one burst worker and return it (for its counters)."""

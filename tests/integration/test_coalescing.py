@@ -14,7 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pipeline.coalescer import Coalescer
 from pipeline.kinds import Row, Target
-from pipeline.kinds.nodes import insert_nodes, update_scores
+from pipeline.kinds.base import Report
+from pipeline.kinds.labeled_samples import save_labeled_samples
+from pipeline.kinds.nodes import insert_nodes
 from tests.integration.helpers import results, rows, scalar, seed_tree, stop_worker
 
 
@@ -90,7 +92,7 @@ async def test_a_write_waits_for_its_parent_in_another_flushers_transaction(
     written, commit = asyncio.Event(), asyncio.Event()
     write = Target.write
 
-    async def stalling_write(target: Target, conn: AsyncConnection, rows: list[Row]) -> set[Row]:
+    async def stalling_write(target: Target, conn: AsyncConnection, rows: list[Row]) -> Report:
         missing = await write(target, conn, rows)
         if target is insert_nodes.target:
             written.set()
@@ -101,28 +103,34 @@ async def test_a_write_waits_for_its_parent_in_another_flushers_transaction(
     node = insert_nodes.parse(
         {"project_id": "p", "nodes": [{"node_id": "c", "parent_id": "root", "label": "c"}]}
     )
-    score = update_scores.parse({"project_id": "p", "scores": [{"node_id": "c", "ucb_score": 2}]})
+    # A sample names its node without the project's node lock, which the node's save holds.
+    sample_id = "00000000-0000-0000-0000-000000000001"
+    sample = save_labeled_samples.parse(
+        {"project_id": "p", "samples": [{"sample_id": sample_id, "node_id": "c", "label": "ok"}]}
+    )
     coalescer = Coalescer(engine, max_rows=100, transient_retries=0, backoff_s=0.01, flushers=2)
     coalescer.start()
     try:
-        node_rows, score_rows = insert_nodes.rows(node, 1), update_scores.rows(score, 1)
+        node_rows, sample_rows = insert_nodes.rows(node, 1), save_labeled_samples.rows(sample, 1)
         inserting = asyncio.create_task(
-            coalescer.submit("j1", "insert_nodes", insert_nodes.target, node_rows)
+            coalescer.submit("j1", "insert_nodes", [(insert_nodes.target, node_rows)])
         )
         await asyncio.wait_for(written.wait(), 5)
-        scoring = asyncio.create_task(
-            coalescer.submit("j2", "update_scores", update_scores.target, score_rows)
+        sampling = asyncio.create_task(
+            coalescer.submit(
+                "j2", "save_labeled_samples", [(save_labeled_samples.target, sample_rows)]
+            )
         )
-        for _ in range(500):  # the other flusher writes the score while the node is uncommitted
+        for _ in range(500):  # the other flusher writes the sample while the node is uncommitted
             if coalescer.batches:
                 break
             await asyncio.sleep(0.01)
-        assert coalescer.batches == 1 and not scoring.done()
+        assert coalescer.batches == 1 and not sampling.done()
         assert coalescer.last_flush is not None and coalescer.last_flush["held"] == 1
         commit.set()
-        first, second = await asyncio.wait_for(asyncio.gather(inserting, scoring), 5)
+        first, second = await asyncio.wait_for(asyncio.gather(inserting, sampling), 5)
     finally:
         commit.set()
         await coalescer.close()
     assert second["batch_id"] != first["batch_id"] and coalescer.batches == 3
-    assert await scalar(engine, "SELECT ucb_score FROM nodes WHERE node_id = 'c'") == 2
+    assert await scalar(engine, "SELECT node_id FROM labeled_samples") == "c"

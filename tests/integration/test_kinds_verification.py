@@ -139,7 +139,7 @@ async def test_claims_verifications_consensus_round_trip_and_audit(
 
 
 async def test_audit_rows_commit_and_roll_back_with_their_mutation(engine: AsyncEngine) -> None:
-    rows_ = CLAIMS.prepare([("c9", "text", None, None, "{}", 5, "tester")])
+    rows_ = CLAIMS.merged_rows([("c9", "text", None, None, "{}", 5, "tester")])
     async with engine.connect() as conn:
         transaction = await conn.begin()
         await CLAIMS.write(conn, rows_)

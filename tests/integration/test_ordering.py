@@ -10,6 +10,7 @@ from typing import Any
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.integration.batching import run
 from tests.integration.helpers import rows, seed_tree
 
 NODE_STATE = """
@@ -144,3 +145,20 @@ async def test_every_status_change_and_only_a_change_is_audited(
         ("p/c", "alive", "pruned", 5, "judge"),
         ("p/a", "expanded", "terminal", 7, None),
     ]
+
+
+async def test_a_null_score_clears_it_and_a_score_left_out_stays(
+    producer: ArqRedis, worker_of: Callable[..., Any], engine: AsyncEngine
+) -> None:
+    await seed_tree(producer, "p", ["a"])
+    both = {"node_id": "a", "rubric_score": 0.5, "ucb_score": 1.5, "version": 1}
+    await producer.enqueue_job("update_scores", project_id="p", scores=[both])
+    await run(worker_of)
+    cleared = {"node_id": "a", "ucb_score": None, "version": 2}  # rubric_score not given
+    job = await producer.enqueue_job("update_scores", project_id="p", scores=[cleared])
+    stale = {"node_id": "a", "rubric_score": None, "version": 1}  # a clear that is too old
+    await producer.enqueue_job("update_scores", project_id="p", scores=[stale])
+    await run(worker_of)
+    assert job is not None and (await job.result(timeout=5))["applied"] == 1
+    state = "SELECT rubric_score, rubric_score_version, ucb_score, ucb_score_version FROM nodes"
+    assert await rows(engine, state + " WHERE node_id = 'a'") == [(0.5, 1, None, 2)]

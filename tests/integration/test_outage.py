@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import pytest
 from arq.connections import ArqRedis
@@ -21,34 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pipeline import JobFailed
 from pipeline.jobs import JobRunner
 from pipeline.settings import Settings
-from pipeline.worker import PipelineWorker, worker_options
 from tests.integration.helpers import Proxy, rows, scalar, seed_tree, stop_worker
-
-WORKERS = {"arq": Worker, "pipeline": PipelineWorker}
-
-
-@pytest.fixture(params=sorted(WORKERS))
-def mode(request: pytest.FixtureRequest) -> str:
-    """Stock arq's ``Worker`` or the pipeline's batch worker."""
-    return str(request.param)
-
-
-@pytest.fixture
-async def worker_of(settings: Settings, mode: str) -> AsyncIterator[Callable[..., Worker]]:
-    """Build workers of the test's mode with the pipeline's options; closed after the test."""
-    made: list[Worker] = []
-
-    def make(*, burst: bool = True, **overrides: Any) -> Worker:
-        options = worker_options(settings.model_copy(update=overrides))
-        options["ctx"]["configure_logging"] = False
-        options.update({"burst": burst, "handle_signals": False})
-        worker = WORKERS[mode](**options)
-        made.append(worker)
-        return worker
-
-    yield make
-    for worker in made:
-        await worker.close()
 
 
 async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 10) -> None:

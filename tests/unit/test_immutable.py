@@ -55,26 +55,26 @@ def test_a_rubric_version_is_one_row_carrying_its_principles_in_order() -> None:
 def test_two_definitions_of_one_rubric_version_conflict_in_a_batch() -> None:
     first, later = rubric_rows(1, "alpha"), rubric_rows(1, "beta", "gamma")
     with pytest.raises(Conflict, match=r"rubrics \(project_id=p, rubric_id=r, version=1\)") as e:
-        RUBRICS.prepare(first + later)
+        RUBRICS.merged_rows(first + later)
     assert "differs in principles" in str(e.value)
     assert isinstance(e.value, DataError)  # so the coalescer isolates the job that sent it
     with pytest.raises(Conflict):  # same names, another weight
-        RUBRICS.prepare(first + rubric_rows(1, "alpha", weight=2.0))
+        RUBRICS.merged_rows(first + rubric_rows(1, "alpha", weight=2.0))
     with pytest.raises(Conflict):  # same principles, another order
-        RUBRICS.prepare(rubric_rows(1, "a", "b") + rubric_rows(1, "b", "a"))
+        RUBRICS.merged_rows(rubric_rows(1, "a", "b") + rubric_rows(1, "b", "a"))
 
 
 def test_the_same_definition_twice_is_one_row_and_other_keys_are_untouched() -> None:
     rows = rubric_rows(2, "x") + rubric_rows(1, "a", "b") + rubric_rows(1, "a", "b")
-    assert RUBRICS.prepare(rows) == rubric_rows(1, "a", "b") + rubric_rows(2, "x")
+    assert RUBRICS.merged_rows(rows) == rubric_rows(1, "a", "b") + rubric_rows(2, "x")
 
 
 def test_json_columns_compare_as_jsonb_does() -> None:
     same = [event_row('{"a":1,"b":[true,null]}'), event_row('{"b":[true,null],"a":1.0}')]
-    assert EVENTS.prepare(same) == same[:1]
+    assert EVENTS.merged_rows(same) == same[:1]
     for other in ('{"a":true,"b":[true,null]}', '{"a":1,"b":[null,true]}', '{"a":1}'):
         with pytest.raises(Conflict, match=r"event_id=00000000-0000-0000-0000-000000000007"):
-            EVENTS.prepare([same[0], event_row(other)])
+            EVENTS.merged_rows([same[0], event_row(other)])
 
 
 def test_only_the_columns_that_differ_are_named() -> None:

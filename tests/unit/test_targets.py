@@ -17,28 +17,44 @@ def test_last_write_wins_keeps_the_highest_version_per_key_and_sorts() -> None:
         ("b", "B5", "{}", 5),
         ("b", "B3", "{}", 3),
     ]
-    assert PROJECTS.prepare(rows) == [("a", "A1", "{}", 1), ("b", "B5", "{}", 5)]
+    assert PROJECTS.merged_rows(rows) == [("a", "A1", "{}", 1), ("b", "B5", "{}", 5)]
 
 
-def test_insert_if_absent_keeps_the_first_row_of_a_key() -> None:
-    first = ("p", "n", None, "first", None, "alive", 1, "{}")
-    later = ("p", "n", None, "later", None, "alive", 9, "{}")
-    assert NODES.prepare([first, later]) == [first]
+def test_node_saves_keep_the_newest_definition_and_the_first_of_a_tie() -> None:
+    first = ("p", "n", None, "first", None, "alive", 0, "{}", 5)
+    newer = ("p", "n", "r", "newer", None, "alive", 0, "{}", 9)
+    tie = ("p", "n", None, "tie", None, "alive", 0, "{}", 9)
+    assert NODES.merged_rows([first, newer, tie]) == [newer]
 
 
 def test_node_updates_merge_each_field_by_its_own_version() -> None:
-    rubric_v2 = ("p", "n", 0.2, 2, None, None, None, None, None)
-    ucb_v1 = ("p", "n", None, None, 9.0, 1, None, None, None)
-    rubric_v1 = ("p", "n", 0.1, 1, None, None, None, None, None)
-    status_v3 = ("p", "n", None, None, None, None, "pruned", 3, "ops")
-    merged = NODE_UPDATES.prepare([rubric_v2, ucb_v1, rubric_v1, status_v3])
-    assert merged == [("p", "n", 0.2, 2, 9.0, 1, "pruned", 3, "ops")]
+    rubric_v2 = ("p", "n", 0.2, 2, None, None, None, None, None, False)
+    ucb_v1 = ("p", "n", None, None, 9.0, 1, None, None, None, False)
+    rubric_v1 = ("p", "n", 0.1, 1, None, None, None, None, None, False)
+    status_v3 = ("p", "n", None, None, None, None, "pruned", 3, "ops", False)
+    prepared = NODE_UPDATES.prepare([(0, [rubric_v2]), (1, [ucb_v1, rubric_v1]), (2, [status_v3])])
+    # Sent by several jobs: the statement is asked which fields applied.
+    assert prepared.rows == [("p", "n", 0.2, 2, 9.0, 1, "pruned", 3, "ops", True)]
+    written = prepared.rows[0]
+    credited = [NODE_UPDATES.credited(r, written, 0b111) for _, r in prepared.senders(("p", "n"))]
+    assert credited == [True, True, False, True]  # rubric v1 lost to v2 in the batch
+    # The statement said only the status applied (the scores were stale in the table).
+    credited = [NODE_UPDATES.credited(r, written, 0b100) for _, r in prepared.senders(("p", "n"))]
+    assert credited == [False, False, False, True]
 
 
 def test_score_rows_carry_a_version_only_for_the_scores_given() -> None:
     kind = BY_NAME["update_scores"]
     payload = kind.validate({"project_id": "p", "scores": [{"node_id": "n", "ucb_score": 1.5}]})
-    assert kind.rows(payload, 77) == [("p", "n", None, None, 1.5, 77, None, None, None)]
+    assert kind.rows(payload, 77) == [("p", "n", None, None, 1.5, 77, None, None, None, False)]
+
+
+def test_a_null_score_clears_it_at_its_version() -> None:
+    kind = BY_NAME["update_scores"]
+    payload = kind.validate(
+        {"project_id": "p", "scores": [{"node_id": "n", "ucb_score": None, "version": 5}]}
+    )
+    assert kind.rows(payload, 77) == [("p", "n", None, None, None, 5, None, None, None, False)]
 
 
 @pytest.mark.parametrize(
