@@ -189,13 +189,13 @@ async def _checks(engine: AsyncEngine) -> set[str]:
 async def test_seq_widens_over_existing_rows_and_narrows_back_only_when_every_seq_fits(
     engine: AsyncEngine, database_url: str
 ) -> None:
-    await asyncio.to_thread(migrate, database_url, "0005", down=True)
+    await asyncio.to_thread(migrate, database_url, "0006", down=True)
     await _add_entries(engine, {0: "first", 2**31 - 1: "last"})
     with pytest.raises(DBAPIError, match="ck_transcripts_order_non_negative"):
-        await _add_entries(engine, {-1: "derived"})  # 0005 holds no seq of the derived range
+        await _add_entries(engine, {-1: "derived"})  # 0006 holds no seq of the derived range
     await engine.dispose()
 
-    await asyncio.to_thread(migrate, database_url, "0006")
+    await asyncio.to_thread(migrate, database_url, "0007")
     assert await _seq_type_and_values(engine) == ("bigint", [0, 2**31 - 1])
     assert await _found(engine, "first") == [0]  # the rows keep their content and search vector
     await _add_entries(engine, {-(2**63): "derived", -1: "derived too", 2**31: "wide"})
@@ -209,8 +209,8 @@ async def test_seq_widens_over_existing_rows_and_narrows_back_only_when_every_se
             )
     await engine.dispose()
 
-    # Derived seqs are below 0005's check, and 2**31 beyond its column: each alone refuses.
-    refused = "cannot downgrade: some transcripts have a seq that revision 0005 cannot hold"
+    # Derived seqs are below 0006's check, and 2**31 beyond its column: each alone refuses.
+    refused = "cannot downgrade: some transcripts have a seq that revision 0006 cannot hold"
     misfits = [
         ("DELETE FROM transcripts WHERE seq < 0", [2**31]),
         ("DELETE FROM transcripts WHERE seq > 2147483647", []),
@@ -218,8 +218,8 @@ async def test_seq_widens_over_existing_rows_and_narrows_back_only_when_every_se
     for delete, left in misfits:
         before = await _seq_type_and_values(engine)
         with pytest.raises(DBAPIError, match=refused):
-            await asyncio.to_thread(migrate, database_url, "0005", down=True)
-        assert await scalar(engine, "SELECT version_num FROM alembic_version") == "0006"
+            await asyncio.to_thread(migrate, database_url, "0006", down=True)
+        assert await scalar(engine, "SELECT version_num FROM alembic_version") == "0007"
         assert await _seq_type_and_values(engine) == before  # the refusal changed nothing
         assert await _checks(engine) == {"ck_transcripts_iteration_non_negative"}
         async with engine.begin() as conn:
@@ -227,7 +227,7 @@ async def test_seq_widens_over_existing_rows_and_narrows_back_only_when_every_se
         assert (await _seq_type_and_values(engine))[1] == sorted([0, 2**31 - 1, *left])
         await engine.dispose()
 
-    await asyncio.to_thread(migrate, database_url, "0005", down=True)
+    await asyncio.to_thread(migrate, database_url, "0006", down=True)
     assert await _seq_type_and_values(engine) == ("integer", [0, 2**31 - 1])
     assert await _checks(engine) == {"ck_transcripts_order_non_negative"}
     with pytest.raises(DBAPIError, match="ck_transcripts_order_non_negative"):

@@ -89,8 +89,10 @@ async def test_empty_jobs_complete_and_write_nothing(
     worker = await drain()
     assert (worker.jobs_complete, worker.jobs_failed, worker.jobs_retried) == (4, 0, 0)
     for job in empty:
-        assert job is not None and (await job.result(timeout=5))["rows"] == 0
-    assert other is not None and (await other.result(timeout=5))["rows"] == 1
+        assert job is not None
+        receipt = await job.result(timeout=5)
+        assert (receipt["batch_id"], receipt["rows"], receipt["applied"]) == (None, 0, 0)
+    assert other is not None and (await other.result(timeout=5))["applied"] == 1
     assert [r[4] for r in await rows(engine, STORED)] == ["written"]
     assert await scalar(engine, "SELECT count(*) FROM events") == 0
     assert await rows(engine, DEAD) == []
@@ -116,6 +118,8 @@ async def test_an_entry_without_seq_stores_once_when_delivered_or_sent_again(
     assert again is not None
     worker = await drain()
     assert (worker.jobs_complete, worker.jobs_failed, worker.jobs_retried) == (2, 0, 0)
+    for receipt in [await job.result(timeout=5), await again.result(timeout=5)]:
+        assert (receipt["rows"], receipt["applied"], receipt["unchanged"]) == (2, 0, 2)
     assert await rows(engine, STORED) == stored
     assert await rows(engine, DEAD) == []
 
@@ -148,8 +152,13 @@ async def test_identical_entries_are_one_and_different_ones_never_collide(
         jobs, worker = await across_batches(producer, make_worker, calls)
 
     assert worker.jobs_failed == 0 and worker.jobs_retried == 0
-    # A receipt counts the rows its job sent, the same entry twice too.
-    assert [(await job.result(timeout=5))["rows"] for job in jobs] == [2, 1, len(different)]
+    receipts = [await job.result(timeout=5) for job in jobs]
+    # The entry sent twice in the first job is applied once; the second job's copy is unchanged.
+    assert [(r["rows"], r["applied"], r["unchanged"]) for r in receipts] == [
+        (2, 1, 1),
+        (1, 0, 1),
+        (len(different), len(different), 0),
+    ]
     stored = await rows(engine, STORED)
     assert len(stored) == 1 + len(different)
     derived = sorted(seq_of(item) for item in [base, *different[:5]])

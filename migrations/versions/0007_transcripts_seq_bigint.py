@@ -1,8 +1,8 @@
 """transcripts: seq is bigint and may be negative, for the seqs derived from entries' content
 
-Revision ID: 0006
-Revises: 0005
-Create Date: 2026-12-09 10:00:00
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-02 17:00:00
 
 An ``append_transcripts`` entry sent without ``seq`` gets one derived from its content: a
 negative bigint, so it never meets a producer's seq (0 or more). The column becomes bigint (which
@@ -15,12 +15,12 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006"
-down_revision: str | None = "0005"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Revision 0005 holds a seq from 0 to 2**31 - 1 only: say so instead of failing on PostgreSQL's
+# Revision 0006 holds a seq from 0 to 2**31 - 1 only: say so instead of failing on PostgreSQL's
 # "integer out of range" or a check violation halfway through the downgrade.
 SEQ_FITS_OLD_COLUMN = """
 DO $$
@@ -29,7 +29,7 @@ BEGIN
     ALTER TABLE transcripts ADD CONSTRAINT ck_transcripts_order_non_negative
         CHECK (iteration >= 0 AND seq >= 0);
 EXCEPTION WHEN numeric_value_out_of_range OR check_violation THEN
-    RAISE EXCEPTION 'cannot downgrade: some transcripts have a seq that revision 0005 cannot '
+    RAISE EXCEPTION 'cannot downgrade: some transcripts have a seq that revision 0006 cannot '
         'hold (from 0 to 2147483647; a seq derived from an entry''s content is negative); '
         'delete them first'
         USING ERRCODE = 'check_violation';
