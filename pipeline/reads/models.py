@@ -237,7 +237,11 @@ class ServiceHeartbeat:
 
 @dataclass(frozen=True, slots=True)
 class TranscriptEntry:
-    """One entry of a task's transcript; (phase, iteration, seq) orders it within the task."""
+    """One entry of a task's transcript, identified by (phase, iteration, seq) within the task.
+
+    ``seq`` is the producer's (0 or more), or, for an entry sent without one, derived from its
+    content (negative; see :func:`pipeline.kinds.tasks.derived_seq`).
+    """
 
     task_id: str
     phase: str

@@ -8,7 +8,16 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import fields
 
-from sqlalchemy import ColumnElement, Text, bindparam, func, literal_column, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Text,
+    bindparam,
+    case,
+    func,
+    literal_column,
+    select,
+    tuple_,
+)
 from sqlalchemy.dialects.postgresql import REGCONFIG
 
 from pipeline.reads.base import ReadRepository, check_aware, check_limit, page_of
@@ -33,6 +42,9 @@ _ENTRY_COLUMNS = [TRANSCRIPTS.c[f.name] for f in fields(TranscriptEntry)]
 # differ between the query and the documents. It is a constant of the schema, never user input,
 # so it is inlined; the user's text is always a bound parameter.
 _CONFIG = literal_column(f"'{TEXT_SEARCH_CONFIG}'", REGCONFIG)
+# A producer's seq (0 or more) orders its entries; a seq derived from an entry's content
+# (negative) orders nothing: those entries come after the others (NULLS LAST), by timestamp.
+_POSITION = case((TRANSCRIPTS.c.seq >= 0, TRANSCRIPTS.c.seq))
 
 
 class TaskReads(ReadRepository):
@@ -46,10 +58,13 @@ class TaskReads(ReadRepository):
     async def transcripts(self, task_id: str, phase: str | None = None) -> list[TranscriptEntry]:
         """The task's transcript, or one phase of it.
 
-        Within a phase, entries come in the producer's order, (iteration, seq), whatever their
-        timestamps say (clocks of concurrent producers disagree; seq does not). Without a phase,
-        the entries of each phase stay together in that order, and phases come in the order they
-        started: by their earliest timestamp, ties by phase name.
+        Within a phase, entries come by iteration, and within an iteration in the producer's
+        order, seq, whatever their timestamps say (clocks of concurrent producers disagree; seq
+        does not); then the entries sent without a seq (whose derived seq orders nothing) by
+        timestamp, ties by seq. Without a phase, the entries of each phase stay together in that
+        order, and phases come in the order they started: by their earliest timestamp, ties by
+        phase name. The primary key's index finds the task's (or phase's) entries, which are
+        then sorted.
         """
         statement = select(*_ENTRY_COLUMNS).where(TRANSCRIPTS.c.task_id == task_id)
         if phase is not None:
@@ -57,7 +72,9 @@ class TaskReads(ReadRepository):
         else:
             started = func.min(TRANSCRIPTS.c.timestamp).over(partition_by=TRANSCRIPTS.c.phase)
             statement = statement.order_by(started, TRANSCRIPTS.c.phase)
-        statement = statement.order_by(TRANSCRIPTS.c.iteration, TRANSCRIPTS.c.seq)
+        statement = statement.order_by(
+            TRANSCRIPTS.c.iteration, _POSITION, TRANSCRIPTS.c.timestamp, TRANSCRIPTS.c.seq
+        )
         return [from_row(TranscriptEntry, row) for row in await self._rows(statement)]
 
     async def search_transcripts(

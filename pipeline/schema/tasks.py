@@ -14,7 +14,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Computed, Index, Integer, String, Text, text
+from sqlalchemy import BigInteger, CheckConstraint, Computed, Index, Integer, String, Text, text
 from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -74,7 +74,7 @@ class Transcript(Base):
     task_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     phase: Mapped[str] = mapped_column(String(100), primary_key=True)
     iteration: Mapped[int] = mapped_column(Integer, primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
     timestamp: Mapped[dt.datetime]
@@ -85,7 +85,7 @@ class Transcript(Base):
         CheckConstraint(
             "role IN (" + ", ".join(f"'{r}'" for r in TRANSCRIPT_ROLES) + ")", name="role_known"
         ),
-        CheckConstraint("iteration >= 0 AND seq >= 0", name="order_non_negative"),
+        CheckConstraint("iteration >= 0", name="iteration_non_negative"),
         Index("ix_transcripts_search", "search", postgresql_using="gin"),
         Index("ix_transcripts_timestamp", "timestamp", postgresql_using="brin"),
     )

@@ -1,5 +1,6 @@
 """Alembic: upgrade head builds the schema the models describe; downgrade base removes it all;
-the transcripts' search column is rebuilt over the rows a database holds, both ways."""
+the transcripts' search column is rebuilt over the rows a database holds, both ways; their seq
+widens to bigint over the rows there, and narrows back only when every seq fits."""
 
 from __future__ import annotations
 
@@ -156,3 +157,81 @@ async def test_the_search_column_is_rebuilt_over_existing_rows_and_back(
     await engine.dispose()
     await asyncio.to_thread(migrate, database_url, "head")
     assert await _found(engine, "worker") == [1]
+
+
+async def _seq_type_and_values(engine: AsyncEngine) -> tuple[str, list[int]]:
+    """The type of the transcripts' seq column, and every seq stored, in order."""
+    async with engine.connect() as conn:
+        kind = await conn.scalar(
+            text(
+                "SELECT data_type FROM information_schema.columns "
+                "WHERE table_name = 'transcripts' AND column_name = 'seq'"
+            )
+        )
+        seqs = list(
+            (await conn.execute(text("SELECT seq FROM transcripts ORDER BY seq"))).scalars()
+        )
+    return kind, seqs
+
+
+async def _checks(engine: AsyncEngine) -> set[str]:
+    """The names of the transcripts' checks on their order (iteration, seq)."""
+    async with engine.connect() as conn:
+        result = await conn.execute(
+            text(
+                "SELECT conname FROM pg_constraint WHERE conrelid = 'transcripts'::regclass "
+                "AND contype = 'c' AND conname <> 'ck_transcripts_role_known'"
+            )
+        )
+        return set(result.scalars())
+
+
+async def test_seq_widens_over_existing_rows_and_narrows_back_only_when_every_seq_fits(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    await asyncio.to_thread(migrate, database_url, "0006", down=True)
+    await _add_entries(engine, {0: "first", 2**31 - 1: "last"})
+    with pytest.raises(DBAPIError, match="ck_transcripts_order_non_negative"):
+        await _add_entries(engine, {-1: "derived"})  # 0006 holds no seq of the derived range
+    await engine.dispose()
+
+    await asyncio.to_thread(migrate, database_url, "0007")
+    assert await _seq_type_and_values(engine) == ("bigint", [0, 2**31 - 1])
+    assert await _found(engine, "first") == [0]  # the rows keep their content and search vector
+    await _add_entries(engine, {-(2**63): "derived", -1: "derived too", 2**31: "wide"})
+    with pytest.raises(DBAPIError, match="ck_transcripts_iteration_non_negative"):
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO transcripts (task_id, phase, iteration, seq, role, content, "
+                    "timestamp) VALUES ('t', 'p', -1, 5, 'chunk', 'x', now())"
+                )
+            )
+    await engine.dispose()
+
+    # Derived seqs are below 0006's check, and 2**31 beyond its column: each alone refuses.
+    refused = "cannot downgrade: some transcripts have a seq that revision 0006 cannot hold"
+    misfits = [
+        ("DELETE FROM transcripts WHERE seq < 0", [2**31]),
+        ("DELETE FROM transcripts WHERE seq > 2147483647", []),
+    ]
+    for delete, left in misfits:
+        before = await _seq_type_and_values(engine)
+        with pytest.raises(DBAPIError, match=refused):
+            await asyncio.to_thread(migrate, database_url, "0006", down=True)
+        assert await scalar(engine, "SELECT version_num FROM alembic_version") == "0007"
+        assert await _seq_type_and_values(engine) == before  # the refusal changed nothing
+        assert await _checks(engine) == {"ck_transcripts_iteration_non_negative"}
+        async with engine.begin() as conn:
+            await conn.execute(text(delete))
+        assert (await _seq_type_and_values(engine))[1] == sorted([0, 2**31 - 1, *left])
+        await engine.dispose()
+
+    await asyncio.to_thread(migrate, database_url, "0006", down=True)
+    assert await _seq_type_and_values(engine) == ("integer", [0, 2**31 - 1])
+    assert await _checks(engine) == {"ck_transcripts_order_non_negative"}
+    with pytest.raises(DBAPIError, match="ck_transcripts_order_non_negative"):
+        await _add_entries(engine, {-1: "derived"})  # the old check is back
+    await engine.dispose()
+    await asyncio.to_thread(migrate, database_url, "head")
+    assert await _seq_type_and_values(engine) == ("bigint", [0, 2**31 - 1])

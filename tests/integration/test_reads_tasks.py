@@ -110,6 +110,66 @@ async def test_transcripts_in_producer_order_phases_by_start(
     assert await reads.transcripts("no-such-task") == []
 
 
+async def test_entries_without_a_seq_follow_the_sequenced_ones_by_timestamp(
+    engine: AsyncEngine, reads: TaskReads
+) -> None:
+    # Negative seqs are the ones derived from an entry's content: they order nothing.
+    await insert_rows(
+        engine,
+        TRANSCRIPTS,
+        [
+            entry("t-1", "plan", 1, -7, T0),
+            entry("t-1", "plan", 0, -3, T0 + 3 * SECOND),
+            entry("t-1", "plan", 0, 1, T0 + 9 * SECOND),
+            entry("t-1", "plan", 0, -2, T0 + SECOND),
+            entry("t-1", "plan", 0, 0, T0 + 5 * SECOND),
+            entry("t-1", "plan", 0, -9, T0 + SECOND),  # the same time as -2: by seq
+            entry("t-1", "plan", 0, -(2**63), T0 + 2 * SECOND),
+            entry("t-1", "act", 0, -1, T0 + 20 * SECOND),
+            entry("t-1", "act", 0, 3, T0 + 30 * SECOND),
+        ],
+    )
+    plan = [(0, 0), (0, 1), (0, -9), (0, -2), (0, -(2**63)), (0, -3), (1, -7)]
+    assert [(e.iteration, e.seq) for e in await reads.transcripts("t-1", "plan")] == plan
+    whole = [(e.phase, e.iteration, e.seq) for e in await reads.transcripts("t-1")]
+    assert whole == [("plan", *p) for p in plan] + [("act", 0, 3), ("act", 0, -1)]
+
+
+async def test_transcripts_are_found_through_the_primary_key(
+    engine: AsyncEngine, reads: TaskReads
+) -> None:
+    rows = [
+        entry(
+            f"t-{i % 10}",
+            f"p{i // 10 % 5}",
+            i // 100 % 3,
+            i if i // 50 % 2 else -i - 1,  # half of them with a seq derived from the content
+            T0 + (i * 7919 % 97) * SECOND,
+        )
+        for i in range(3000)
+    ]
+    await insert_rows(engine, TRANSCRIPTS, rows)
+    await analyze(engine, "transcripts")
+    with captured(engine) as sent:
+        found = await reads.transcripts("t-3", "p2")
+    mine = [r for r in rows if (r["task_id"], r["phase"]) == ("t-3", "p2")]
+    mine.sort(
+        key=lambda r: (r["iteration"], r["seq"] < 0, max(r["seq"], 0), r["timestamp"], r["seq"])
+    )
+    assert [(e.iteration, e.seq) for e in found] == [(r["iteration"], r["seq"]) for r in mine]
+    assert len(found) == 60 and any(e.seq < 0 for e in found) and any(e.seq > 0 for e in found)
+    with captured(engine) as more:
+        await reads.transcripts("t-3")
+    phase_plan, task_plan = await explain(engine, sent + more)
+    # The sort that follows is of the rows found: one task's, or one phase's.
+    assert "on pk_transcripts" in phase_plan
+    assert "Index Cond: (((task_id)::text = 't-3'::text) AND ((phase)::text = 'p2'::text))" in (
+        phase_plan
+    )
+    assert "on pk_transcripts" in task_plan
+    assert "Index Cond: ((task_id)::text = 't-3'::text)" in task_plan
+
+
 SEARCH_ENTRIES = [
     entry("t-1", "plan", 0, 0, T0, "The runner runs north. She runs again, and runs home."),
     entry("t-1", "act", 0, 1, T0, "He runs once to the shop and buys bread."),

@@ -36,7 +36,26 @@ GOOD: dict[str, dict[str, Any]] = {
         "urgent": True,
     },
 }
+TRANSCRIPT = {
+    "task_id": "t-1",
+    "phase": "plan",
+    "iteration": 0,
+    "role": "chunk",
+    "content": "text",
+    "timestamp": "2026-01-02T03:04:05+00:00",
+}
+# The seq is optional (derived when absent); the item lists may be empty (nothing to write).
+GOOD["append_transcripts"] = {"transcripts": [TRANSCRIPT, {**TRANSCRIPT, "seq": 3}]}
+ALSO_GOOD: list[tuple[str, dict[str, Any]]] = [
+    ("append_transcripts", {"transcripts": []}),
+    ("append_transcripts", {"transcripts": [{**TRANSCRIPT, "seq": None}]}),
+    ("record_events", {"events": []}),
+    ("record_events", {"events": [], "urgent": True}),
+]
 BAD: list[tuple[str, dict[str, Any]]] = [
+    ("append_transcripts", {"transcripts": [{**TRANSCRIPT, "seq": -1}]}),  # the derived range
+    ("append_transcripts", {"transcripts": [{**TRANSCRIPT, "seq": 2**31}]}),
+    ("append_transcripts", {}),
     ("insert_nodes", {"project_id": "p", "nodes": [{"node_id": "a"}]}),  # no label
     ("insert_nodes", {"project_id": "p", "nodes": []}),  # no items
     ("insert_nodes", {"project_id": "", "nodes": [{"node_id": "a", "label": "A"}]}),
@@ -76,8 +95,8 @@ def test_a_good_payload_passes_and_bad_ones_fail_as_in_the_worker(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     document = run_schema(capsys)
-    for name, payload in GOOD.items():
-        assert list(validator(document[name]).iter_errors(payload)) == []
+    for name, payload in [*GOOD.items(), *ALSO_GOOD]:
+        assert list(validator(document[name]).iter_errors(payload)) == [], (name, payload)
         BY_NAME[name].validate(payload)
     for name, payload in BAD:
         assert list(validator(document[name]).iter_errors(payload)) != [], (name, payload)
