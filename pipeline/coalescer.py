@@ -316,25 +316,25 @@ class Coalescer:
     async def _commit_with_retries(
         self, subs: list[Submission], flush: Flush
     ) -> tuple[str, list[Tally]]:
-        groups: dict[Target, list[tuple[int, list[Row]]]] = defaultdict(list)
-        for index, sub in enumerate(subs):
+        groups: dict[Target, list[list[Row]]] = defaultdict(list)
+        for sub in subs:
             for target, rows in sub.parts:
-                groups[target].append((index, rows))
+                groups[target].append(rows)
         plan = [
             (target, target.prepare(rows))
             for target, rows in sorted(groups.items(), key=lambda g: (g[0].order, g[0].name))
         ]
-        atomic = {index for index, sub in enumerate(subs) if sub.atomic}
+        atomic = [sub.parts for sub in subs if sub.atomic]
         async for attempt in self._retrying.copy():
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     flush.retries += 1
                 flush.transactions += 1
                 batch_id, reports = await self._transaction(plan, atomic)
-        return batch_id, tally([sub.size for sub in subs], dict(plan), reports)
+        return batch_id, tally([sub.parts for sub in subs], dict(plan), reports)
 
     async def _transaction(
-        self, plan: list[tuple[Target, Prepared]], atomic: set[int]
+        self, plan: list[tuple[Target, Prepared]], atomic: list[Parts]
     ) -> tuple[str, dict[Target, Report]]:
         """One transaction: every target's statement, then the invalidations they call for."""
         reports: dict[Target, Report] = {}
@@ -343,7 +343,7 @@ class Coalescer:
             async with self._engine.begin() as conn:
                 for target, prep in plan:
                     report = await target.write(conn, prep.rows)
-                    refuse_within(target, prep, report, atomic)  # inside: it rolls back
+                    refuse_within(target, report, atomic)  # inside: it rolls back
                     reports[target] = report
                     if target.invalidates is not None:
                         keys = touched[target.invalidates]

@@ -46,62 +46,71 @@ class Tally:
 
 
 def tally(
-    sizes: Sequence[int],
+    parts: Sequence[Sequence[tuple[Target, Sequence[Row]]]],
     prepared: Mapping[Target, Prepared],
     reports: Mapping[Target, Report],
 ) -> list[Tally]:
-    """The tally of every job of a committed batch (``sizes``: each job's rows, by its index)."""
-    tallies = [Tally(size) for size in sizes]
+    """The tally of every job of a committed batch (``parts``: each job's rows by target).
+
+    A target whose statement applied every key it was sent, none of them sent twice, costs
+    nothing; otherwise its rows are looked at once each."""
+    tallies = [Tally(sum(len(rows) for _, rows in job)) for job in parts]
     for target, prep in prepared.items():
         report = reports[target]
-        for key in report.unchanged:
-            for index, _ in prep.senders(key):
-                tallies[index].unchanged += 1
-        for key in report.missing:
-            for index, _ in prep.senders(key):
-                tallies[index].missing.append(f"{target.name} {target.describe(key)}")
-        for key, reason in report.rejected.items():
-            for index, _ in prep.senders(key):
-                tallies[index].rejected.append(f"{target.name} {target.describe(key)}: {reason}")
-        _superseded(target, prep, report, tallies)
+        unapplied = report.unapplied()
+        if not unapplied and not prep.collided:
+            continue
+        for index, job in enumerate(parts):
+            for part_target, rows in job:
+                if part_target is target:
+                    _count(target, prep, report, unapplied, rows, tallies[index])
     return [t.settle() for t in tallies]
 
 
-def _superseded(target: Target, prep: Prepared, report: Report, tallies: list[Tally]) -> None:
-    """Count the rows of applied keys that another job's row of the same batch superseded."""
-    if not prep.sent:
-        return
-    unapplied = report.unapplied()
-    for key, senders in prep.sent.items():
+def _count(
+    target: Target,
+    prep: Prepared,
+    report: Report,
+    unapplied: set[Row],
+    rows: Sequence[Row],
+    done: Tally,
+) -> None:
+    """Count one job's rows of one target that were not applied, or were superseded by another
+    row of the same key in the batch."""
+    key_of, collided, merged, fields = target.key_of, prep.collided, prep.merged, report.fields
+    for row in rows:
+        key = key_of(row)
         if key in unapplied:
-            continue
-        written, mask = prep.merged[key], report.fields.get(key)
-        for index, row in senders:
-            if not target.credited(row, written, mask):
-                tallies[index].unchanged += 1
+            if key in report.missing:
+                done.missing.append(f"{target.name} {target.describe(key)}")
+            elif key in report.rejected:
+                reason = report.rejected[key]
+                done.rejected.append(f"{target.name} {target.describe(key)}: {reason}")
+            else:
+                done.unchanged += 1
+        elif key in collided and not target.credited(row, merged[key], fields.get(key)):
+            done.unchanged += 1
 
 
-def _keys_of(prep: Prepared, keys: set[Row] | Mapping[Row, object], jobs: set[int]) -> list[Row]:
-    """The ``keys`` that one of ``jobs`` sent."""
-    return [key for key in keys if any(index in jobs for index, _ in prep.senders(key))]
-
-
-def refuse_within(target: Target, prep: Prepared, report: Report, atomic: set[int]) -> None:
+def refuse_within(
+    target: Target,
+    report: Report,
+    atomic: Sequence[Sequence[tuple[Target, Sequence[Row]]]],
+) -> None:
     """Raise, so the transaction rolls back, what must not commit: a conflicting definition, or
-    a row of an atomic job (``atomic``: their indexes) that could not be applied. The bisection
-    then isolates the job."""
+    a row of an atomic job (``atomic``: the rows of each) that could not be applied. The
+    bisection then isolates the job."""
     if report.conflicts:
         raise target.conflict(report.conflicts)
-    if not atomic:
+    if not atomic or not (report.missing or report.rejected):
         return
-    rejected = _keys_of(prep, report.rejected, atomic)
-    if rejected:
-        key = rejected[0]
+    key_of = target.key_of
+    sent = {key_of(row) for job in atomic for t, rows in job if t is target for row in rows}
+    for key in sorted(sent & report.rejected.keys()):
         raise DataError(f"{target.name} {target.describe(key)}: {report.rejected[key]}")
-    missing = _keys_of(prep, report.missing, atomic)
-    if missing:
+    for key in sorted(sent & report.missing):
         raise MissingReference(
-            f"{target.name} {target.describe(missing[0])} refers to rows that do not exist yet"
+            f"{target.name} {target.describe(key)} refers to rows that do not exist yet"
         )
 
 

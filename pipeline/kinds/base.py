@@ -153,20 +153,12 @@ class Report:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A target's rows of one batch: one per key, merged, sorted, with who sent what.
-
-    ``owner`` is the submission (its index in the batch) whose row a key was first sent by;
-    ``sent`` lists, for the keys sent more than once, every (submission, row) in order.
-    """
+    """A target's rows of one batch: one per key, merged, sorted; ``collided`` holds the keys
+    that more than one row was sent for (whose rows were merged)."""
 
     rows: list[Row]
     merged: dict[Row, Row]
-    owner: dict[Row, int]
-    sent: dict[Row, list[tuple[int, Row]]]
-
-    def senders(self, key: Row) -> list[tuple[int, Row]]:
-        """Every (submission, row) sent for ``key``."""
-        return self.sent.get(key) or [(self.owner[key], self.merged[key])]
+    collided: set[Row]
 
 
 @dataclass(frozen=True, eq=False)
@@ -211,8 +203,6 @@ class Target:
     #: that was written, and the key's ``fields`` mask if one was reported). By default the row
     #: that stood in the batch's merge is the one applied; the others were superseded.
     credit: Callable[[Row, Row, int | None], bool] | None = None
-    #: Called with the merged row of every key sent more than once (it may ask for ``fields``).
-    on_collision: Callable[[Row], Row] | None = None
     statements: tuple[TextClause, ...] = field(init=False, repr=False)
     lock_clause: TextClause | None = field(init=False, repr=False)
     conflicts_clause: TextClause | None = field(init=False, repr=False)
@@ -258,33 +248,26 @@ class Target:
         touched_of = self.touched_of
         return [touched_of(row) for row in rows]
 
-    def prepare(self, groups: Iterable[tuple[int, Sequence[Row]]]) -> Prepared:
+    def prepare(self, groups: Iterable[Sequence[Row]]) -> Prepared:
         """One row per key (merged by the target's rule), sorted by key; ``groups`` are the rows
-        of each submission, by its index in the batch, in the batch's order."""
+        of each submission, in the batch's order."""
         merged: dict[Row, Row] = {}
-        owner: dict[Row, int] = {}
-        sent: dict[Row, list[tuple[int, Row]]] = {}
+        collided: set[Row] = set()
         key_of, merge = self.key_of, self.merge
-        for index, rows in groups:
+        for rows in groups:
             for row in rows:
                 key = key_of(row)
                 old = merged.get(key)
                 if old is None:
                     merged[key] = row
-                    owner[key] = index
-                    continue
-                if key not in sent:
-                    sent[key] = [(owner[key], old)]
-                sent[key].append((index, row))
-                merged[key] = merge(old, row)
-        if sent and self.on_collision is not None:
-            for key in sent:
-                merged[key] = self.on_collision(merged[key])
-        return Prepared([merged[key] for key in sorted(merged)], merged, owner, sent)
+                else:
+                    collided.add(key)
+                    merged[key] = merge(old, row)
+        return Prepared([merged[key] for key in sorted(merged)], merged, collided)
 
     def merged_rows(self, rows: Sequence[Row]) -> list[Row]:
         """:meth:`prepare` of one submission's rows: what the statement would be sent."""
-        return self.prepare([(0, rows)]).rows
+        return self.prepare([rows]).rows
 
     def credited(self, row: Row, written: Row, fields: int | None) -> bool:
         """Whether ``row``, sent for a key that was applied, is what was applied."""

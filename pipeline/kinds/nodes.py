@@ -220,22 +220,32 @@ _FIELDS = ((2, 3, ()), (4, 5, ()), (6, 7, (8,)))
 
 
 def _merge_fields(old: Row, new: Row) -> Row:
+    """Each field from the row with its newer version. When both rows give fields to the result,
+    it asks the statement which fields applied (its last column), so that each job's receipt
+    can tell; when one row has every newest field, it is that row, as it was sent."""
     merged = list(old)
+    took_new = kept_old = False
     for value, ver, attached in _FIELDS:
         if new[ver] is not None and (old[ver] is None or new[ver] > old[ver]):
             for i in (value, ver, *attached):
                 merged[i] = new[i]
+            took_new = True
+        elif old[ver] is not None:
+            kept_old = True
+    if not took_new:
+        return old
+    if not kept_old:
+        return new
+    merged[-1] = True
     return tuple(merged)
 
 
-def _ask_detail(merged: Row) -> Row:
-    """A node several jobs updated: the statement reports which of its fields applied."""
-    return (*merged[:-1], True)
-
-
 def _credit(row: Row, written: Row, fields: int | None) -> bool:
-    """Whether ``row`` applied: one of its fields is the one written (and applied, by
-    ``fields``, the statement's bit mask in ``_FIELDS`` order)."""
+    """Whether ``row`` applied: it is the row written, or (for a row merged from several) one of
+    its fields is the one written, and applied by ``fields``, the statement's bit mask in
+    ``_FIELDS`` order."""
+    if not written[-1]:
+        return row is written
     for bit, (value, ver, _) in enumerate(_FIELDS):
         if row[ver] is None or row[ver] != written[ver] or row[value] != written[value]:
             continue
@@ -258,12 +268,11 @@ NODE_UPDATES = Target(
         ("status", "text"),
         ("status_version", "int8"),
         ("actor", "text"),
-        ("detail", "bool"),  # sent more than once in the batch: report which fields applied
+        ("detail", "bool"),  # merged from several rows: report which fields applied
     ),
     key=("project_id", "node_id"),
     merge=_merge_fields,
     credit=_credit,
-    on_collision=_ask_detail,
     reports=True,
     invalidates=BRANCH_STATS,
     # Two batches that update the same nodes must not lock them in opposite orders. An UPDATE …

@@ -32,15 +32,23 @@ def test_node_updates_merge_each_field_by_its_own_version() -> None:
     ucb_v1 = ("p", "n", None, None, 9.0, 1, None, None, None, False)
     rubric_v1 = ("p", "n", 0.1, 1, None, None, None, None, None, False)
     status_v3 = ("p", "n", None, None, None, None, "pruned", 3, "ops", False)
-    prepared = NODE_UPDATES.prepare([(0, [rubric_v2]), (1, [ucb_v1, rubric_v1]), (2, [status_v3])])
-    # Sent by several jobs: the statement is asked which fields applied.
+    prepared = NODE_UPDATES.prepare([[rubric_v2], [ucb_v1, rubric_v1], [status_v3]])
+    # Merged from several rows: the statement is asked which fields applied.
     assert prepared.rows == [("p", "n", 0.2, 2, 9.0, 1, "pruned", 3, "ops", True)]
+    assert prepared.collided == {("p", "n")}
     written = prepared.rows[0]
-    credited = [NODE_UPDATES.credited(r, written, 0b111) for _, r in prepared.senders(("p", "n"))]
-    assert credited == [True, True, False, True]  # rubric v1 lost to v2 in the batch
+    sent = [rubric_v2, ucb_v1, rubric_v1, status_v3]
+    assert [NODE_UPDATES.credited(r, written, 0b111) for r in sent] == [True, True, False, True]
     # The statement said only the status applied (the scores were stale in the table).
-    credited = [NODE_UPDATES.credited(r, written, 0b100) for _, r in prepared.senders(("p", "n"))]
-    assert credited == [False, False, False, True]
+    assert [NODE_UPDATES.credited(r, written, 0b100) for r in sent] == [False, False, False, True]
+
+
+def test_a_node_update_with_every_newest_field_stands_as_sent() -> None:
+    old = ("p", "n", 0.1, 1, 1.0, 1, None, None, None, False)
+    new = ("p", "n", 0.2, 2, 2.0, 2, None, None, None, False)
+    prepared = NODE_UPDATES.prepare([[old], [new]])
+    assert prepared.rows[0] is new  # no detail asked: the row written is the newer one
+    assert [NODE_UPDATES.credited(r, new, None) for r in (old, new)] == [False, True]
 
 
 def test_score_rows_carry_a_version_only_for_the_scores_given() -> None:
