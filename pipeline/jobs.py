@@ -26,6 +26,7 @@ from pipeline.errors import (
 )
 from pipeline.kinds import ATOMIC
 from pipeline.kinds.base import WriteKind
+from pipeline.limits import Limits
 from pipeline.outcomes import Receipt
 from pipeline.retries import RetryClock
 from pipeline.serialization import OVERSIZED
@@ -65,6 +66,7 @@ class JobRunner:
         self.coalescer = coalescer
         self.gate = coalescer.gate
         self.clock = RetryClock(settings)
+        self.limits = Limits.of(settings)
         # What is left after the commit wait is for settling: a dead letter, a hand-back.
         self.settle_s = min(2.0, settings.job_timeout_s * 0.25)
         self.commit_wait_s = settings.job_timeout_s - self.settle_s
@@ -140,20 +142,13 @@ class JobRunner:
     def _read(self, job: _Job, read: Reader, args: tuple[Any, ...]) -> tuple[Parts, bool]:
         kwargs, function = job.kwargs, job.function
         if OVERSIZED in kwargs:
-            raise InvalidPayload(
-                f"{function}: the job is {kwargs[OVERSIZED]} bytes; "
-                f"at most {self.settings.job_max_bytes}"
-            )
+            self.limits.check_bytes(function, kwargs[OVERSIZED])
         if args:
             raise InvalidPayload(
                 f"{function} takes keyword arguments only, got {len(args)} positional"
             )
         parts, urgent = read(kwargs, job.enqueue_ms * 1000)
-        items = sum(len(rows) for _, rows in parts)
-        if items > self.settings.job_max_items:
-            raise InvalidPayload(
-                f"{function}: {items} items in one job; at most {self.settings.job_max_items}"
-            )
+        self.limits.check_items(function, sum(len(rows) for _, rows in parts))
         return parts, urgent
 
     async def _with_earlier_runs(self, job: _Job, receipt: Receipt) -> Receipt:
@@ -163,8 +158,8 @@ class JobRunner:
         if int(job.ctx.get("score") or job.enqueue_ms) == job.enqueue_ms:
             return receipt
         try:
-            async with asyncio.timeout_at(job.last_moment):
-                earlier = await self.clock.applied(job.ctx["redis"], job.ctx["job_id"])
+            timeout_s = max(job.last_moment - asyncio.get_running_loop().time(), 0.0)
+            earlier = await self.clock.applied(job.ctx["redis"], job.ctx["job_id"], timeout_s)
         except Exception as exc:  # the receipt then counts this run only
             log.warning("earlier runs not counted", job_id=job.ctx["job_id"], error=repr(exc))
             return receipt

@@ -14,6 +14,7 @@ back by an outage still lands before its child runs out of time. Once the clock 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,15 @@ end
 return 0
 """
 
+# KEYS: retry clocks. Rows their earlier runs applied, in order ('0' for a job without a clock).
+_APPLIED = """
+local applied = {}
+for i, key in ipairs(KEYS) do
+  applied[i] = redis.call('HGET', key, 'applied') or '0'
+end
+return applied
+"""
+
 
 def counts(error: PipelineError) -> bool:
     """Whether a failure counts on the retry clock: PostgreSQL answered, and still failed it."""
@@ -85,6 +95,9 @@ class RetryClock:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._scripts: dict[int, tuple[Any, Any]] = {}
+        self._applied_script: dict[int, Any] = {}
+        self._asked: dict[int, dict[str, asyncio.Future[int]]] = {}  # by pool, this turn
+        self._reads: set[asyncio.Task[None]] = set()
 
     def _registered(self, redis: ArqRedis) -> tuple[Any, Any]:
         scripts = self._scripts.get(id(redis))
@@ -115,10 +128,46 @@ class RetryClock:
             defer_s=self.delay(error, int(returns)),
         )
 
-    async def applied(self, redis: ArqRedis, job_id: str) -> int:
-        """Rows that earlier runs of ``job_id`` applied before handing it back."""
-        value: Any = await redis.hget(CLOCK_PREFIX + job_id, "applied")  # type: ignore[misc]
-        return int(value or 0)
+    async def applied(self, redis: ArqRedis, job_id: str, timeout_s: float) -> int:
+        """Rows that earlier runs of ``job_id`` applied before handing it back.
+
+        The jobs that ask in one turn of the event loop (those one commit ended) are read in one
+        command, within ``timeout_s`` of the first ask; a read that fails raises for each."""
+        pending = self._asked.get(id(redis))
+        if pending is None:
+            pending = self._asked[id(redis)] = {}
+            loop = asyncio.get_running_loop()
+            loop.call_soon(self._read_applied, redis, pending, loop.time() + timeout_s)
+        future = pending.get(job_id)
+        if future is None:
+            future = pending[job_id] = asyncio.get_running_loop().create_future()
+        return await future
+
+    def _read_applied(
+        self, redis: ArqRedis, pending: dict[str, asyncio.Future[int]], deadline: float
+    ) -> None:
+        del self._asked[id(redis)]
+        task = asyncio.create_task(self._applied_of(redis, pending, deadline))
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
+
+    async def _applied_of(
+        self, redis: ArqRedis, pending: dict[str, asyncio.Future[int]], deadline: float
+    ) -> None:
+        script = self._applied_script.get(id(redis))
+        if script is None:
+            script = self._applied_script[id(redis)] = redis.register_script(_APPLIED)
+        try:
+            async with asyncio.timeout_at(deadline):
+                values = await script(keys=[CLOCK_PREFIX + job_id for job_id in pending], args=[])
+        except Exception as exc:  # each job then counts its own run only
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for future, value in zip(pending.values(), values, strict=True):
+            if not future.done():
+                future.set_result(int(value or 0))
 
     async def give_back(self, redis: ArqRedis, job_id: str) -> None:
         """Give back the try of a run that was cancelled (the worker is stopping)."""
