@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from pipeline.errors import InvalidPayload
 from pipeline.kinds import ATOMIC, BY_NAME
-from pipeline.kinds.base import Row, Target, describe
+from pipeline.kinds.base import Row, Target, WriteKind, describe
 from pipeline.kinds.fields import STRICT, Bool, Key
 
 
@@ -38,25 +38,34 @@ class Atomic(BaseModel):
     urgent: Bool = False
 
 
-def parts(
-    kwargs: dict[str, Any], default_version: int
-) -> tuple[list[tuple[Target, list[Row]]], bool]:
-    """The unit's rows, by target, and whether it asked to be written first; raises
-    :class:`InvalidPayload` naming the write at fault."""
+def validate(kwargs: dict[str, Any]) -> tuple[list[tuple[WriteKind[Any], BaseModel]], bool]:
+    """The unit's writes, each with its kind and validated payload, and whether it asked to be
+    written first; raises :class:`InvalidPayload` naming the write at fault."""
     try:
         unit = Atomic.model_validate(kwargs)
     except ValidationError as exc:
         raise InvalidPayload(f"{ATOMIC}: {describe(exc)}") from None
-    rows: dict[Target, list[Row]] = defaultdict(list)
+    writes: list[tuple[WriteKind[Any], BaseModel]] = []
     for index, write in enumerate(unit.writes):
         kind = BY_NAME.get(write.kind)
         if kind is None:
             unknown = f"unknown write kind {write.kind!r}"
             raise InvalidPayload(f"{ATOMIC}: writes.{index}.kind: {unknown}")
         try:
-            payload = kind.validate(write.args)
+            writes.append((kind, kind.validate(write.args)))
         except ValidationError as exc:
             at = ("writes", index, "args")
             raise InvalidPayload(f"{ATOMIC}: {write.kind}: {describe(exc, at=at)}") from None
+    return writes, unit.urgent
+
+
+def parts(
+    kwargs: dict[str, Any], default_version: int
+) -> tuple[list[tuple[Target, list[Row]]], bool]:
+    """The unit's rows, by target, and whether it asked to be written first; raises
+    :class:`InvalidPayload` naming the write at fault."""
+    writes, urgent = validate(kwargs)
+    rows: dict[Target, list[Row]] = defaultdict(list)
+    for kind, payload in writes:
         rows[kind.target].extend(kind.rows(payload, default_version))
-    return list(rows.items()), unit.urgent
+    return list(rows.items()), urgent

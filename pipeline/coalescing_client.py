@@ -3,25 +3,34 @@
 arq's cost is per job (a few Redis round trips and some Python in the worker), so a producer that
 writes one score at a time pays it per score. :class:`CoalescingClient` buffers the items of
 calls that share a write kind and its other arguments (``project_id``…) and enqueues them as one
-job once ``max_items`` are waiting or ``linger_s`` has passed since the first. Each item is
-validated on its own, so a bad item fails its caller only. A call returns once its job is
-enqueued, or, with ``wait=True``, once its job has committed.
+job once ``max_items`` are waiting or ``linger_s`` has passed since the first, or at once when
+a call is ``urgent``. A job never exceeds the worker's item and byte limits: a buffer that would
+is sent first. Each item is validated on its own, so a bad item fails its caller only. A call
+returns once its job is enqueued, or, with ``wait=True``, once its job has committed. The jobs of
+one kind and shared arguments are enqueued in the order their items were written.
+
+Use it as an async context manager (or call :meth:`CoalescingClient.aclose`): leaving the block
+sends everything still buffered and waits until it is enqueued, and until every ``wait=True``
+call has its receipt, so a producer that shuts down loses nothing it handed over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, get_args, get_origin
 
 from arq.jobs import Job
 from pydantic import TypeAdapter, ValidationError
 
-from pipeline.client import PipelineClient, Receipt
+from pipeline.client import PipelineClient, Receipt, receipt_of
 from pipeline.errors import InvalidPayload
 from pipeline.kinds import BY_NAME
 from pipeline.kinds.base import describe
+from pipeline.serialization import serialize
 
 Key = tuple[str, tuple[tuple[str, Any], ...]]
 
@@ -48,31 +57,113 @@ def _item_adapter(function: str) -> TypeAdapter[Any]:
     return TypeAdapter(item)
 
 
+# What a job's header may add to the buffer's estimate: an array header growing to 5 bytes, the
+# urgent flag, a longer enqueue time.
+_HEADER_SLACK = 32
+
+
 @dataclass
 class _Buffer:
+    overhead: int  # serialized bytes of the job around its items
     items: list[Any] = field(default_factory=list)
     waiters: list[asyncio.Future[Job]] = field(default_factory=list)
+    size: int = 0
+    urgent: bool = False
     timer: asyncio.TimerHandle | None = None
 
 
 class CoalescingClient:
-    """Buffers single-item writes per (kind, shared arguments) and enqueues them together."""
+    """Buffers single-item writes per (kind, shared arguments) and enqueues them together.
+
+    ``CoalescingClient(client)`` uses a connected :class:`PipelineClient`, which it leaves open;
+    ``async with CoalescingClient()`` makes its own and closes it when the block ends.
+    """
 
     def __init__(
-        self, client: PipelineClient, *, max_items: int = 500, linger_s: float = 0.005
+        self,
+        client: PipelineClient | None = None,
+        *,
+        max_items: int = 500,
+        linger_s: float = 0.005,
     ) -> None:
-        self.client = client
-        self.max_items = max_items
+        self.client = client or PipelineClient()
+        self._owns_client = client is None
+        self.max_items = min(max_items, self.client.limits.items)
         self.linger_s = linger_s
         self._buffers: dict[Key, _Buffer] = {}
         self._sending: set[asyncio.Task[None]] = set()
+        self._tails: dict[Key, asyncio.Task[None]] = {}  # the last send of each key
         self._checked: set[Key] = set()  # (kind, shared arguments) already validated
+        self._committing = 0  # wait=True calls waiting for their receipt
+        self._settled = asyncio.Event()
+        self._closed = False
         self.jobs_enqueued = 0
 
+    async def __aenter__(self) -> CoalescingClient:
+        if self._owns_client:
+            await self.client.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
     async def write(
-        self, function: str, item: dict[str, Any], *, wait: bool = False, **shared: Any
+        self,
+        function: str,
+        item: dict[str, Any],
+        *,
+        wait: bool = False,
+        urgent: bool = False,
+        timeout: float | None = None,
+        **shared: Any,
     ) -> Receipt | None:
-        """Add one item; returns when its job is enqueued (or committed, with ``wait``)."""
+        """Add one item; returns when its job is enqueued (or committed, with ``wait``, for up
+        to ``timeout`` seconds: see :meth:`PipelineClient.write`). ``urgent`` sends it at once,
+        with the items buffered before it, as one job the worker writes first."""
+        if self._closed:
+            raise RuntimeError("CoalescingClient is closed")
+        key = self._validate(function, item, shared)
+        size = self._size(function, item)
+        buffer = self._buffers.get(key)
+        if buffer is not None and (
+            buffer.size + size > self.client.limits.bytes or len(buffer.items) >= self.max_items
+        ):
+            self._send(key)  # full: what came before goes first, in its own job
+            buffer = None
+        if buffer is None:
+            buffer = self._buffers[key] = _Buffer(overhead=self._overhead(key))
+            buffer.size = buffer.overhead
+            if buffer.size + size > self.client.limits.bytes:
+                del self._buffers[key]
+                self.client.limits.check_bytes(function, buffer.size + size)
+        waiter: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        buffer.items.append(item)  # as given: the serializer and the worker take it as it is
+        buffer.waiters.append(waiter)
+        buffer.size += size
+        buffer.urgent |= urgent
+        if urgent or len(buffer.items) >= self.max_items:
+            self._send(key)
+        elif buffer.timer is None:
+            buffer.timer = asyncio.get_running_loop().call_later(self.linger_s, self._send, key)
+        job = await waiter
+        if not wait:
+            return None
+        self._committing += 1
+        self._settled.clear()
+        try:
+            return await receipt_of(job, function, self.client.wait_s(timeout))
+        finally:
+            self._committing -= 1
+            if not self._committing:
+                self._settled.set()
+
+    def _validate(self, function: str, item: dict[str, Any], shared: dict[str, Any]) -> Key:
+        """Check ``item`` (and, the first time, the shared arguments); the buffer's key."""
         name = items_field(function)
         key: Key = (function, tuple(sorted(shared.items())))
         try:
@@ -93,18 +184,26 @@ class CoalescingClient:
             if len(self._checked) >= 10_000:
                 self._checked.clear()
             self._checked.add(key)
-        buffer = self._buffers.setdefault(key, _Buffer())
-        waiter: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
-        buffer.items.append(item)  # as given: the serializer and the worker take it as it is
-        buffer.waiters.append(waiter)
-        if len(buffer.items) >= self.max_items:
-            self._send(key)
-        elif buffer.timer is None:
-            buffer.timer = asyncio.get_running_loop().call_later(self.linger_s, self._send, key)
-        job = await waiter
-        if not wait:
-            return None
-        return Receipt.model_validate(await job.result(poll_delay=0.01))
+        return key
+
+    @staticmethod
+    def _size(function: str, item: dict[str, Any]) -> int:
+        try:
+            return len(serialize(item))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidPayload(f"{function}: an item cannot be serialized: {exc}") from None
+
+    @staticmethod
+    def _overhead(key: Key) -> int:
+        """The serialized size of the key's job with no items (and the slack of its header)."""
+        function, shared = key
+        job: dict[str, Any] = {
+            "t": None,
+            "f": function,
+            "a": [],
+            "k": {**dict(shared), items_field(function): []},
+        }
+        return len(serialize({**job, "et": int(time.time() * 1000)})) + _HEADER_SLACK
 
     def _send(self, key: Key) -> None:
         buffer = self._buffers.pop(key, None)
@@ -112,29 +211,56 @@ class CoalescingClient:
             return
         if buffer.timer is not None:
             buffer.timer.cancel()
-        task = asyncio.create_task(self._enqueue(key, buffer))
+        task = asyncio.create_task(self._enqueue(key, buffer, self._tails.get(key)))
+        self._tails[key] = task
         self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        task.add_done_callback(functools.partial(self._sent, key))
 
-    async def _enqueue(self, key: Key, buffer: _Buffer) -> None:
+    def _sent(self, key: Key, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        if self._tails.get(key) is task:
+            del self._tails[key]
+
+    async def _enqueue(self, key: Key, buffer: _Buffer, before: asyncio.Task[None] | None) -> None:
         function, shared = key
+        if before is not None:  # the key's earlier items are enqueued first (they are older)
+            await asyncio.wait([before])
         try:
             kwargs: dict[str, Any] = {**dict(shared), items_field(function): buffer.items}
-            job = await self.client.redis.enqueue_job(function, **kwargs)
+            if buffer.urgent:
+                kwargs["urgent"] = True
+            job: Job | None = await self.client.redis.enqueue_job(function, **kwargs)
             if job is None:
                 raise InvalidPayload(f"{function}: job was not enqueued")
         except Exception as exc:  # every caller of the batch learns why
             for waiter in buffer.waiters:
                 if not waiter.done():
                     waiter.set_exception(exc)
-            return
+            raise
         self.jobs_enqueued += 1
         for waiter in buffer.waiters:
             if not waiter.done():
                 waiter.set_result(job)
 
     async def flush(self) -> None:
-        """Enqueue everything buffered now, and wait until it is enqueued."""
+        """Enqueue everything buffered now, and wait until it is enqueued; raises the first
+        error of a job that could not be (its callers were told too)."""
         for key in list(self._buffers):
             self._send(key)
-        await asyncio.gather(*self._sending, return_exceptions=True)
+        results = await asyncio.gather(*self._sending, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def aclose(self) -> None:
+        """Send everything buffered, wait until it is enqueued and until every ``wait=True``
+        call has its receipt; then close the client if this one made it. Writes after this
+        raise."""
+        self._closed = True
+        try:
+            await self.flush()
+            while self._committing:
+                await self._settled.wait()
+        finally:
+            if self._owns_client:
+                await self.client.aclose()

@@ -23,6 +23,7 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,6 +36,9 @@ from arq.utils import ms_to_datetime, timestamp_ms, to_ms, to_unix_ms
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ExecAbortError, ReadOnlyError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pipeline.errors import UnknownFunction
+from pipeline.limits import Limits
 
 # stdlib logging: the producer runs inside other services and must not assume their log setup.
 log = logging.getLogger("pipeline.enqueue")
@@ -82,13 +86,30 @@ class RetryingRedis(ArqRedis):
     ``enqueue_retries`` counts the attempts that were retried, by the error's class name.
     """
 
-    def __init__(self, *args: Any, enqueue_retry_s: float = 30.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        enqueue_retry_s: float = 30.0,
+        functions: Collection[str] | None = None,
+        limits: Limits | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.enqueue_retry_s = enqueue_retry_s
         self.enqueue_retries: Counter[str] = Counter()
+        #: The functions a job may name, and how big it may be (None: anything goes).
+        self.functions = frozenset(functions) if functions is not None else None
+        self.limits = limits
 
     @classmethod
-    def adopt(cls, redis: ArqRedis, *, enqueue_retry_s: float) -> RetryingRedis:
+    def adopt(
+        cls,
+        redis: ArqRedis,
+        *,
+        enqueue_retry_s: float,
+        functions: Collection[str] | None = None,
+        limits: Limits | None = None,
+    ) -> RetryingRedis:
         """A ``RetryingRedis`` that takes over ``redis``'s connection pool and job settings
         (arq's ``create_pool`` makes only plain ``ArqRedis``); close this one, not ``redis``."""
         adopted = cls(
@@ -98,6 +119,8 @@ class RetryingRedis(ArqRedis):
             default_queue_name=redis.default_queue_name,
             expires_extra_ms=redis.expires_extra_ms,
             enqueue_retry_s=enqueue_retry_s,
+            functions=functions,
+            limits=limits,
         )
         adopted.auto_close_connection_pool = True
         return adopted
@@ -115,14 +138,22 @@ class RetryingRedis(ArqRedis):
         **kwargs: Any,
     ) -> Job | None:
         """arq's ``enqueue_job`` (same arguments, same result), retried on the errors of a
-        restart or failover until ``enqueue_retry_s`` has passed; then the last error raises."""
+        restart or failover until ``enqueue_retry_s`` has passed; then the last error raises.
+
+        A function not in ``functions`` raises :class:`~pipeline.errors.UnknownFunction`, and a
+        job over ``limits.bytes`` :class:`~pipeline.errors.InvalidPayload`, before anything is
+        queued: the worker could only dead-letter them."""
         if _defer_until and _defer_by:
             raise RuntimeError("use either 'defer_until' or 'defer_by' or neither, not both")
+        if self.functions is not None and function not in self.functions:
+            raise UnknownFunction.named(function, self.functions)
         enqueue_time_ms = timestamp_ms()
         score = _due_ms(enqueue_time_ms, _defer_until, _defer_by)
         data = serialize_job(
             function, args, kwargs, _job_try, enqueue_time_ms, serializer=self.job_serializer
         )
+        if self.limits is not None:
+            self.limits.check_bytes(function, len(data))
         job = PreparedJob(
             job_id=_job_id or uuid4().hex,
             chosen_id=bool(_job_id),

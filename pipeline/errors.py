@@ -8,6 +8,8 @@ dead-letter it). A :class:`Conflict` is a data error the write path finds itself
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -22,6 +24,28 @@ class PipelineError(Exception):
 
 class InvalidPayload(PipelineError):
     """The job's arguments do not match its write kind's schema; it is dead-lettered unrun."""
+
+
+class UnknownFunction(InvalidPayload):
+    """A producer asked to enqueue a job of a function the worker does not have; nothing was
+    queued."""
+
+    @classmethod
+    def named(cls, function: str, known: Collection[str]) -> UnknownFunction:
+        """The error for ``function``, suggesting the closest of the ``known`` names."""
+        close = difflib.get_close_matches(function, sorted(known), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        every = ", ".join(sorted(known))
+        return cls(f"unknown function {function[:100]!r}{hint} (the worker has: {every})")
+
+
+class StillQueued(PipelineError, TimeoutError):
+    """A job did not commit within the time a producer waited for it. It is not lost: it stays
+    queued (or is being retried) and commits or is dead-lettered later."""
+
+    def __init__(self, message: str, *, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
 
 
 class UndeliverableJob(PipelineError):

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
         "retrying while Redis restarts or fails over before it raises; 0: no retry.",
     )
 
+    client_wait_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long PipelineClient.write and CoalescingClient's wait=True wait for a "
+        "job's commit before raising StillQueued (the job stays queued); per call: timeout=.",
+    )
+
     db_pool_size: int = Field(default=4, ge=1, description="Connections kept in the pool.")
     db_max_overflow: int = Field(default=4, ge=0, description="Extra connections under load.")
 
