@@ -2,8 +2,10 @@
 
 A Redis shared with other services must not be a way to run code in the worker, so jobs and
 results are msgpack. UUIDs, datetimes and decimals travel as strings (the payload models parse
-them back); an exception in a result travels as an extension record of (class name, message)
-and comes back as :class:`pipeline.errors.JobFailed`.
+them back). A failed job's result is a plain map, ``{"error": class name, "message": text,
+"dead_letter_id": int or nil}``, which a producer in any language can read; :func:`deserialize`
+turns it back into :class:`pipeline.errors.JobFailed` (and still reads the extension record of
+(class name, message) that older workers wrote).
 
 The worker decodes jobs with :class:`JobDeserializer`, which never raises for a job: one it
 cannot hand to its function as sent becomes a job of the reserved function
@@ -24,6 +26,7 @@ import msgpack
 from pipeline.errors import InvalidPayload, JobFailed, PipelineError, UndeliverableJob
 from pipeline.nesting import JOB_MAX_DEPTH, decoded_deeper_than
 
+# The extension record older workers wrote for an exception: read, no longer written.
 _EXCEPTION_EXT = 1
 
 #: The arq function of every job the worker cannot hand to its own function.
@@ -35,6 +38,7 @@ OVERSIZED = "__pipeline_oversized_payload_bytes__"
 _JOB_KEYS = frozenset(("t", "f", "a", "k", "et"))
 # arq writes all of these into every result, and reads results with the worker's deserializer too.
 _RESULT_KEYS = _JOB_KEYS | {"s", "r", "st", "ft"}
+_FAILURE_KEYS = frozenset(("error", "message", "dead_letter_id"))
 _LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last time a datetime can hold
 # The first byte of every msgpack map and array header: a job holds at least as many of these
 # bytes as it nests levels, so most jobs are shown shallow enough without being walked.
@@ -69,14 +73,49 @@ def _default(value: Any) -> Any:
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
     if isinstance(value, BaseException):
-        kind = value.kind if isinstance(value, JobFailed) else type(value).__name__
-        message = value.message if isinstance(value, JobFailed) else str(value)
-        return msgpack.ExtType(_EXCEPTION_EXT, msgpack.packb([kind, message]))
+        return _failure(value)
     if isinstance(value, set | frozenset | tuple):
         return list(value)
     if isinstance(value, Undeliverable):
         return value.summary()
     raise TypeError(f"cannot serialize {type(value).__name__} in a job")
+
+
+def _failure(error: BaseException) -> dict[str, Any]:
+    """The plain map a failed job's result holds for ``error``: its class name (the original
+    one for a :class:`JobFailed`), its message and the id of its dead letter, if it has one."""
+    if isinstance(error, JobFailed):
+        kind, message = error.kind, error.message
+    else:
+        kind, message = type(error).__name__, str(error)
+    letter = getattr(error, "dead_letter_id", None)
+    return {
+        "error": kind,
+        "message": message,
+        "dead_letter_id": letter if type(letter) is int else None,
+    }
+
+
+def _failed(result: Any) -> JobFailed | None:
+    """The :class:`JobFailed` of a failure map, or None for any other value."""
+    if not isinstance(result, dict) or result.keys() != _FAILURE_KEYS:
+        return None
+    kind, message, letter = result["error"], result["message"], result["dead_letter_id"]
+    if not isinstance(kind, str) or not isinstance(message, str):
+        return None
+    if letter is not None and type(letter) is not int:
+        return None
+    return JobFailed(kind, message, letter)
+
+
+def _read_failure(value: Any) -> Any:
+    """``value``, with the failure map of a failed arq result rebuilt as :class:`JobFailed` (arq
+    raises a result only if it is an exception); nothing else, a job's payload least of all."""
+    if isinstance(value, dict) and value.keys() >= _RESULT_KEYS and value["s"] is False:
+        error = _failed(value["r"])
+        if error is not None:
+            value["r"] = error
+    return value
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
@@ -92,10 +131,12 @@ def serialize(obj: Any) -> bytes:
 
 
 def deserialize(data: bytes, *, unicode_errors: str = "strict") -> Any:
-    """Decode msgpack; raises on anything else (pickle included)."""
-    return msgpack.unpackb(
+    """Decode msgpack; raises on anything else (pickle included). A failed arq result's
+    failure map comes back as :class:`pipeline.errors.JobFailed`."""
+    value = msgpack.unpackb(
         data, ext_hook=_ext_hook, strict_map_key=False, unicode_errors=unicode_errors
     )
+    return _read_failure(value)
 
 
 def _not_decoded(data: bytes, error: Exception) -> str:
@@ -140,7 +181,8 @@ class JobDeserializer:
     function only ever sees what this class built). Its enqueue time and try are kept when they
     can be read. A job over ``max_bytes`` keeps its function name but its arguments are replaced
     by ``{OVERSIZED: size}``, so the job fails with a clear message before it reaches a batch.
-    A map with all of arq's result keys is returned as it is: arq reads results with this too.
+    A map with all of arq's result keys is returned as a result (a failure map in it read as
+    :class:`pipeline.errors.JobFailed`): arq reads results with this too.
     """
 
     def __init__(self, max_bytes: int, functions: Iterable[str]) -> None:

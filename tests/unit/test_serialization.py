@@ -3,17 +3,19 @@ every job that cannot run into an undeliverable job, and reads results as result
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import pickle
 import uuid
 from typing import Any
 
+import msgpack
 import pytest
 from arq.jobs import deserialize_result, serialize_result
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.errors import InvalidPayload, JobFailed
+from pipeline.errors import InvalidPayload, JobFailed, PipelineError
 from pipeline.kinds import KINDS
 from pipeline.nesting import JOB_MAX_DEPTH
 from pipeline.serialization import (
@@ -38,10 +40,88 @@ def test_round_trips_plain_values_and_stringifies_uuid_and_datetime() -> None:
     }
 
 
-def test_exceptions_travel_as_data_and_come_back_as_job_failed() -> None:
-    back = deserialize(serialize({"r": ValueError("bad score")}))["r"]
-    assert isinstance(back, JobFailed)
-    assert (back.kind, back.message) == ("ValueError", "bad score")
+def result_of(outcome: Any, *, success: bool = False, kwargs: Any = None) -> bytes:
+    """arq's result record of a job that ended with ``outcome``, as the worker writes it."""
+    data = serialize_result(
+        "insert_nodes",
+        (),
+        {"project_id": "p"} if kwargs is None else kwargs,
+        1,
+        ET,
+        success,
+        outcome,
+        ET,
+        ET + 5,
+        "ref",
+        "q",
+        "id1",
+        serializer=serialize,
+    )
+    assert data is not None
+    return data
+
+
+def dead_lettered(error: PipelineError, letter_id: int) -> PipelineError:
+    error.dead_letter_id = letter_id
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "plain"),
+    [
+        (
+            dead_lettered(InvalidPayload("insert_nodes: nodes: Field required"), 17),
+            ["InvalidPayload", "insert_nodes: nodes: Field required", 17],
+        ),
+        (InvalidPayload("not recorded yet"), ["InvalidPayload", "not recorded yet", None]),
+        (JobFailed("Conflict", "first stands", 4), ["Conflict", "first stands", 4]),
+        (ValueError("a bug"), ["ValueError", "a bug", None]),
+        (TimeoutError(), ["TimeoutError", "", None]),
+        (asyncio.CancelledError(), ["CancelledError", "", None]),
+    ],
+    ids=["dead-lettered", "no-letter", "job-failed", "bug", "timeout", "cancelled"],
+)
+def test_a_failed_result_is_a_plain_map_and_comes_back_as_job_failed(
+    error: BaseException, plain: list[Any]
+) -> None:
+    data = result_of(error)
+    raw = msgpack.unpackb(data)  # what a producer in another language reads
+    assert raw["s"] is False
+    assert raw["r"] == dict(zip(("error", "message", "dead_letter_id"), plain, strict=True))
+    for read in (deserialize, DESERIALIZE):
+        result = deserialize_result(data, deserializer=read)
+        assert isinstance(result.result, JobFailed) and result.success is False
+        back = result.result
+        assert [back.kind, back.message, back.dead_letter_id] == plain
+        assert str(back) == f"{plain[0]}: {plain[1]}"
+
+
+def test_a_failure_map_anywhere_else_is_left_as_it_is() -> None:
+    shaped = {"error": "InvalidPayload", "message": "m", "dead_letter_id": 3}
+    # A job's own result or payload that looks like one, a map with a fourth key, a bad type.
+    assert deserialize(result_of(shaped, success=True))["r"] == shaped
+    assert deserialize(result_of(InvalidPayload("x"), kwargs={"r": shaped}))["k"] == {"r": shaped}
+    for other in ({**shaped, "more": 1}, {**shaped, "dead_letter_id": "3"}, {**shaped, "error": 1}):
+        assert deserialize(result_of(other))["r"] == other
+    job_map = {"t": None, "f": "insert_nodes", "a": [], "k": {"s": False, "r": shaped}, "et": ET}
+    assert deserialize(serialize(job_map)) == job_map
+    assert DESERIALIZE(serialize(job_map))["k"] == {"s": False, "r": shaped}
+    partial = {"s": False, "r": shaped}  # not an arq result: some of its keys are missing
+    assert deserialize(serialize(partial)) == partial
+
+
+def test_the_extension_record_of_older_workers_is_still_read() -> None:
+    old = msgpack.ExtType(1, msgpack.packb(["InvalidPayload", "bad score"]))
+    record = msgpack.unpackb(result_of("placeholder"))
+    record["r"] = old
+    for read in (deserialize, DESERIALIZE):
+        back = deserialize_result(msgpack.packb(record), deserializer=read).result
+        assert isinstance(back, JobFailed)
+        assert (back.kind, back.message, back.dead_letter_id) == (
+            "InvalidPayload",
+            "bad score",
+            None,
+        )
 
 
 def test_pickled_payload_is_refused() -> None:
@@ -134,7 +214,7 @@ def test_results_are_read_as_results(function: str) -> None:
         1,
         ET,
         False,
-        InvalidPayload("bad"),
+        dead_lettered(InvalidPayload("bad"), 9),
         ET,
         ET + 5,
         "r",
@@ -145,7 +225,8 @@ def test_results_are_read_as_results(function: str) -> None:
     assert data is not None
     result = deserialize_result(data, deserializer=DESERIALIZE)
     assert (result.function, result.kwargs, result.success) == (function, {"x": 1}, False)
-    assert isinstance(result.result, JobFailed) and result.result.kind == "InvalidPayload"
+    assert isinstance(result.result, JobFailed)
+    assert (result.result.kind, result.result.dead_letter_id) == ("InvalidPayload", 9)
 
 
 def test_an_undeliverable_job_serializes_its_reason_not_its_bytes() -> None:
