@@ -46,8 +46,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "schema",
         help=SCHEMA_HELP,
         description=f"{SCHEMA_HELP[0].upper()}{SCHEMA_HELP[1:]}. Generated from the payload "
-        "models the worker validates with; a few rules (no NUL characters, a node is not its "
-        "own parent, unique principle names) are checked only by the worker.",
+        "models the worker validates with, including the `atomic` job; lists of items carry "
+        "maxItems from PIPELINE_JOB_MAX_ITEMS as set where this runs. A few rules (no NUL "
+        "characters, a node is not its own parent, unique principle names, the item limit "
+        "over all writes of an `atomic` job) are checked only by the worker.",
     )
     schema.add_argument(
         "--kind", metavar="FUNCTION", help="only this job function's schema, a document of its own"

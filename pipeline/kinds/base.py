@@ -19,7 +19,7 @@ import json
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy import TextClause, text
@@ -359,16 +359,23 @@ class WriteKind(Generic[P]):
     """An arq job function: its payload model and how a payload becomes rows of its target.
 
     ``rows`` receives the validated payload and the default version (the job's enqueue time in
-    microseconds), used for items that carry no version of their own.
+    microseconds), used for items that carry no version of their own. ``items`` names the payload
+    field whose list holds the job's items, one row each (``None``: the job is one row); the
+    worker's item limit counts those rows.
     """
 
     name: str
     payload: type[P]
     target: Target
     rows: Callable[[P, int], list[Row]]
+    items: str | None = None
     adapter: TypeAdapter[P] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.items is not None:
+            found = self.payload.model_fields.get(self.items)
+            if found is None or get_origin(found.annotation) is not list:
+                raise ValueError(f"{self.name}: items {self.items!r} is not a list field")
         object.__setattr__(self, "adapter", TypeAdapter(self.payload))
 
     def validate(self, kwargs: dict[str, Any]) -> P:

@@ -113,7 +113,7 @@ def _claim_rows(p: UpsertClaims, version: int) -> list[Row]:
     ]
 
 
-upsert_claims = WriteKind("upsert_claims", UpsertClaims, CLAIMS, _claim_rows)
+upsert_claims = WriteKind("upsert_claims", UpsertClaims, CLAIMS, _claim_rows, items="claims")
 
 
 class VerificationItem(BaseModel):
@@ -181,7 +181,7 @@ def _verification_rows(p: RecordVerifications, version: int) -> list[Row]:
 
 
 record_verifications = WriteKind(
-    "record_verifications", RecordVerifications, VERIFICATIONS, _verification_rows
+    "record_verifications", RecordVerifications, VERIFICATIONS, _verification_rows, items="results"
 )
 
 
@@ -280,4 +280,6 @@ def _decision_rows(p: RecordConsensus, version: int) -> list[Row]:
     ]
 
 
-record_consensus = WriteKind("record_consensus", RecordConsensus, CONSENSUS, _decision_rows)
+record_consensus = WriteKind(
+    "record_consensus", RecordConsensus, CONSENSUS, _decision_rows, items="decisions"
+)

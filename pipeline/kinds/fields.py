@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     Strict,
     StringConstraints,
+    WithJsonSchema,
 )
 
 from pipeline.nesting import JSON_MAX_DEPTH, deeper_than
@@ -29,6 +30,14 @@ from pipeline.nesting import JSON_MAX_DEPTH, deeper_than
 STRICT = ConfigDict(extra="forbid", str_strip_whitespace=False, allow_inf_nan=False)
 MAX_VERSION = 2**63 - 1
 MAX_INT32 = 2**31 - 1
+#: A timestamp in the shapes the parser reads, ending in a zone: ``Z``, or an offset of hours up
+#: to 23 and minutes, with or without a colon, signed ``+``, ``-`` or U+2212 (read as ``-``). The
+#: values (month 13, second 60) are left to ``format: date-time``. The lookahead ends the match
+#: where ``$`` would not in Python's ``re``, which lets ``$`` match before a final newline.
+TIMESTAMP_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt _][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?"
+    r"(?:[Zz]|[+\-\u2212](?:[01][0-9]|2[0-3]):?[0-5][0-9])(?![\s\S])"
+)
 
 
 def _no_nul(value: str) -> str:
@@ -73,4 +82,8 @@ Bool = Annotated[bool, Strict()]
 Float = Annotated[float, Strict(), AllowInfNan(False)]
 Int32 = Annotated[int, Strict(), Field(ge=0, le=MAX_INT32)]
 Version = Annotated[int, Strict(), Field(ge=0, le=MAX_VERSION)]
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_timestamp)]
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_iso_timestamp),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": TIMESTAMP_PATTERN}),
+]

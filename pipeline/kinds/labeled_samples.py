@@ -82,4 +82,6 @@ def _rows(p: SaveLabeledSamples, version: int) -> list[Row]:
     ]
 
 
-save_labeled_samples = WriteKind("save_labeled_samples", SaveLabeledSamples, LABELED_SAMPLES, _rows)
+save_labeled_samples = WriteKind(
+    "save_labeled_samples", SaveLabeledSamples, LABELED_SAMPLES, _rows, items="samples"
+)

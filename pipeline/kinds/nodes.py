@@ -212,7 +212,7 @@ def _insert_rows(p: InsertNodes, version: int) -> list[Row]:
     ]
 
 
-insert_nodes = WriteKind("insert_nodes", InsertNodes, NODES, _insert_rows)
+insert_nodes = WriteKind("insert_nodes", InsertNodes, NODES, _insert_rows, items="nodes")
 
 # Positions in a NODE_UPDATES row of each field's value, its version, and what goes with it
 # (the actor of a status change).
@@ -390,7 +390,7 @@ def _score_rows(p: UpdateScores, version: int) -> list[Row]:
     return rows
 
 
-update_scores = WriteKind("update_scores", UpdateScores, NODE_UPDATES, _score_rows)
+update_scores = WriteKind("update_scores", UpdateScores, NODE_UPDATES, _score_rows, items="scores")
 
 
 @with_config(STRICT)
@@ -422,4 +422,6 @@ def _status_rows(p: UpdateStatuses, version: int) -> list[Row]:
     return rows
 
 
-update_statuses = WriteKind("update_statuses", UpdateStatuses, NODE_UPDATES, _status_rows)
+update_statuses = WriteKind(
+    "update_statuses", UpdateStatuses, NODE_UPDATES, _status_rows, items="statuses"
+)

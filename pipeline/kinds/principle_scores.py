@@ -103,5 +103,5 @@ def _rows(p: SavePrincipleScores, version: int) -> list[Row]:
 
 
 save_principle_scores = WriteKind(
-    "save_principle_scores", SavePrincipleScores, PRINCIPLE_SCORES, _rows
+    "save_principle_scores", SavePrincipleScores, PRINCIPLE_SCORES, _rows, items="scores"
 )

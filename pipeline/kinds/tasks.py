@@ -128,7 +128,7 @@ def _transcript_rows(p: AppendTranscripts, version: int) -> list[Row]:
 
 
 append_transcripts = WriteKind(
-    "append_transcripts", AppendTranscripts, TRANSCRIPTS, _transcript_rows
+    "append_transcripts", AppendTranscripts, TRANSCRIPTS, _transcript_rows, items="transcripts"
 )
 
 
@@ -190,4 +190,4 @@ def _event_rows(p: RecordEvents, version: int) -> list[Row]:
     ]
 
 
-record_events = WriteKind("record_events", RecordEvents, EVENTS, _event_rows)
+record_events = WriteKind("record_events", RecordEvents, EVENTS, _event_rows, items="events")

@@ -78,7 +78,7 @@ def _training_rows(p: RecordTrainingData, version: int) -> list[Row]:
 
 
 record_training_data = WriteKind(
-    "record_training_data", RecordTrainingData, TRAINING_DATA, _training_rows
+    "record_training_data", RecordTrainingData, TRAINING_DATA, _training_rows, items="items"
 )
 
 
@@ -124,4 +124,6 @@ def _used_rows(p: MarkTrainingUsed, version: int) -> list[Row]:
     return [(i, p.training_batch_id) for i in p.ids]
 
 
-mark_training_used = WriteKind("mark_training_used", MarkTrainingUsed, TRAINING_USED, _used_rows)
+mark_training_used = WriteKind(
+    "mark_training_used", MarkTrainingUsed, TRAINING_USED, _used_rows, items="ids"
+)
