@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pipeline import dead_letters
 from pipeline.client import create_pool
 from pipeline.db import create_engine
+from pipeline.kinds import FUNCTION_NAMES
 from pipeline.settings import get_settings
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -128,6 +129,13 @@ def _replay(args: argparse.Namespace) -> int:
             every = await dead_letters.listing(engine, function=args.function, limit=1_000_000)
             letters = [letter for letter in every if letter.replayable]
             skipped = [letter.id for letter in every if not letter.replayable]
+            unknown = [letter.id for letter in letters if letter.function not in FUNCTION_NAMES]
+            letters = [letter for letter in letters if letter.id not in unknown]
+            if unknown:
+                print(
+                    f"not replayed: dead letter {', '.join(map(str, unknown))} names a "
+                    "function this version of the pipeline does not have"
+                )
         else:
             found = [await dead_letters.get(engine, i) for i in args.ids]
             letters = [letter for letter in found if letter is not None]
@@ -142,6 +150,9 @@ def _replay(args: argparse.Namespace) -> int:
         redis = await create_pool()
         try:
             job_ids = await dead_letters.replay(redis, letters)
+        except dead_letters.NotReplayable as exc:
+            print(exc)
+            return 1
         finally:
             await redis.aclose()
         print(f"replayed {len(job_ids)} dead letter(s)")

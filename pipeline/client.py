@@ -106,24 +106,21 @@ async def receipt_of(job: Job, function: str, timeout: float) -> Receipt:
 class PipelineClient:
     """Validates writes, enqueues them, and optionally waits for their receipt.
 
-    ``PipelineClient(pool)`` uses a pool of :func:`create_pool`; ``async with PipelineClient()``
-    makes its own and closes it when the block ends (as does :meth:`aclose`).
+    ``PipelineClient(pool)`` uses a pool of :func:`create_pool`, ``PipelineClient()`` makes its
+    own when entered (``async with``); leaving the block, or :meth:`aclose`, closes the pool.
     """
 
     def __init__(self, redis: ArqRedis | None = None, *, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         self.limits = Limits.of(self.settings)
         self._redis = redis
-        self._owns_redis = False
 
     @classmethod
     async def connect(
         cls, redis_url: str | None = None, *, settings: Settings | None = None
     ) -> PipelineClient:
-        """A client on a new pool, which :meth:`aclose` closes."""
-        client = cls(await create_pool(redis_url, settings=settings), settings=settings)
-        client._owns_redis = True
-        return client
+        """A client on a new pool."""
+        return cls(await create_pool(redis_url, settings=settings), settings=settings)
 
     @property
     def redis(self) -> ArqRedis:
@@ -135,7 +132,6 @@ class PipelineClient:
     async def __aenter__(self) -> PipelineClient:
         if self._redis is None:
             self._redis = await create_pool(settings=self.settings)
-            self._owns_redis = True
         return self
 
     async def __aexit__(
@@ -147,8 +143,8 @@ class PipelineClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the pool if this client made it (and its connections to Redis Sentinels)."""
-        if self._redis is not None and self._owns_redis:
+        """Close the pool (and its connections to Redis Sentinels, if any)."""
+        if self._redis is not None:
             await self._redis.aclose()
             await close_sentinels(self._redis)
             self._redis = None

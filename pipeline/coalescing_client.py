@@ -21,13 +21,13 @@ import functools
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, get_args, get_origin
+from typing import Any, get_args
 
 from arq.jobs import Job
 from pydantic import TypeAdapter, ValidationError
 
 from pipeline.client import PipelineClient, Receipt, receipt_of
-from pipeline.errors import InvalidPayload
+from pipeline.errors import InvalidPayload, UnknownFunction
 from pipeline.kinds import BY_NAME
 from pipeline.kinds.base import describe
 from pipeline.serialization import serialize
@@ -35,18 +35,14 @@ from pipeline.serialization import serialize
 Key = tuple[str, tuple[tuple[str, Any], ...]]
 
 
-@functools.cache
 def items_field(function: str) -> str:
     """The name of the keyword argument that carries a kind's list of items."""
     kind = BY_NAME.get(function)
     if kind is None:
-        raise InvalidPayload(f"unknown write kind {function!r}")
-    lists: list[str] = [
-        n for n, f in kind.payload.model_fields.items() if get_origin(f.annotation) is list
-    ]
-    if len(lists) != 1:
+        raise UnknownFunction.named(function, BY_NAME)
+    if kind.items is None:
         raise InvalidPayload(f"{function} does not take a list of items to coalesce")
-    return lists[0]
+    return kind.items
 
 
 @functools.cache

@@ -25,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.errors import TransientError, classify
+from pipeline.kinds import FUNCTION_NAMES
 from pipeline.nesting import JOB_MAX_DEPTH, deeper_than
 from pipeline.serialization import serialize
 
@@ -272,13 +273,20 @@ async def get(engine: AsyncEngine, dead_letter_id: int) -> DeadLetter | None:
 async def replay(redis: ArqRedis, letters: list[DeadLetter]) -> list[str]:
     """Enqueue each dead letter's original payload again; the new job ids.
 
-    Raises :class:`NotReplayable`, before enqueueing any, if a letter holds only raw bytes.
+    Raises :class:`NotReplayable`, before enqueueing any, if a letter holds only raw bytes or
+    names a function the pipeline does not have.
     """
     raw = [letter.id for letter in letters if not letter.replayable]
     if raw:
         raise NotReplayable(
             f"dead letter {', '.join(map(str, raw))} holds only the raw bytes of a job that "
             "never decoded: nothing to replay"
+        )
+    unknown = [letter.id for letter in letters if letter.function not in FUNCTION_NAMES]
+    if unknown:
+        raise NotReplayable(
+            f"dead letter {', '.join(map(str, unknown))} names a function this version of the "
+            "pipeline does not have: nothing was replayed"
         )
     job_ids = []
     for letter in letters:

@@ -89,7 +89,7 @@ async def _retried_once(ctx: dict[str, Any]) -> int:
 
 
 async def test_timeouts_retries_and_results_follow_arq(
-    producer: ArqRedis, settings: Settings
+    plain_producer: ArqRedis, settings: Settings
 ) -> None:
     worker = BatchWorker(
         functions=[
@@ -106,7 +106,7 @@ async def test_timeouts_retries_and_results_follow_arq(
         handle_signals=False,
     )
     slow, fast, retried = [
-        await producer.enqueue_job(name) for name in ("slow", "fast", "retried_once")
+        await plain_producer.enqueue_job(name) for name in ("slow", "fast", "retried_once")
     ]
     assert slow is not None and fast is not None and retried is not None
     started = time.monotonic()

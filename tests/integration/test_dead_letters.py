@@ -118,10 +118,14 @@ async def test_the_cli_lists_shows_and_replays(
 
 
 async def test_an_oversized_job_is_dead_lettered_with_its_size(
-    producer: ArqRedis, run_worker: Callable[..., Any], engine: AsyncEngine, settings: Settings
+    producer: ArqRedis,
+    plain_producer: ArqRedis,
+    run_worker: Callable[..., Any],
+    engine: AsyncEngine,
+    settings: Settings,
 ) -> None:
     await seed_tree(producer, "p", ["a"])
-    huge = await producer.enqueue_job(
+    huge = await plain_producer.enqueue_job(
         "insert_nodes",
         project_id="p",
         nodes=[{"node_id": "h", "parent_id": "root", "label": "x" * 2_000_000}],
@@ -157,11 +161,15 @@ async def test_a_nul_quoted_by_the_validation_error_does_not_block_the_dead_lett
 
 
 async def test_letters_of_raw_bytes_are_shown_and_not_replayed(
-    producer: ArqRedis, run_worker: Callable[..., Any], engine: AsyncEngine, settings: Settings
+    producer: ArqRedis,
+    plain_producer: ArqRedis,
+    run_worker: Callable[..., Any],
+    engine: AsyncEngine,
+    settings: Settings,
 ) -> None:
     [pickled] = [case for case in CASES if case.name == "pickle"]
     await push(producer, settings.queue_name, pickled.data)
-    unknown = await producer.enqueue_job("no_such_function", x=[1, "y"])
+    unknown = await plain_producer.enqueue_job("no_such_function", x=[1, "y"])
     assert unknown is not None
     await run_worker()
     by_function = {letter.function: letter for letter in await dead_letters.listing(engine)}
@@ -190,10 +198,17 @@ async def test_letters_of_raw_bytes_are_shown_and_not_replayed(
         await dead_letters.replay(producer, [decoded, raw])
     assert await producer.zcard(settings.queue_name) == 0
 
+    # The decoded letter names a function the pipeline does not have: not replayed either.
     replayed = run_cli(settings, "replay", "--all").stdout.splitlines()
-    assert replayed[0] == "replayed 1 dead letter(s)"
-    assert replayed[1].startswith(f"not replayed: dead letter {raw.id} holds only the raw bytes")
-    assert await producer.zcard(settings.queue_name) == 1
+    assert replayed[0] == (
+        f"not replayed: dead letter {decoded.id} names a function this version of the pipeline "
+        "does not have"
+    )
+    assert replayed[1] == "replayed 0 dead letter(s)"
+    assert replayed[2].startswith(f"not replayed: dead letter {raw.id} holds only the raw bytes")
+    refused = run_cli(settings, "replay", "--id", str(decoded.id), code=1)
+    assert refused.stdout.strip().endswith("does not have: nothing was replayed")
+    assert await producer.zcard(settings.queue_name) == 0
 
 
 async def test_a_letter_of_an_unknown_function_replays_once_the_function_exists(

@@ -31,6 +31,6 @@ async def test_invalid_write_is_refused_before_it_reaches_redis(client: Pipeline
         await client.enqueue(
             "update_scores", project_id="p", scores=[{"node_id": "n", "status": "x"}]
         )
-    with pytest.raises(InvalidPayload, match="unknown write kind"):
+    with pytest.raises(InvalidPayload, match="unknown function"):
         await client.enqueue("drop_tables", project_id="p")
     assert await client.redis.zcard("pipeline:unit") == 0
