@@ -31,6 +31,7 @@ from pipeline.errors import InvalidPayload, UnknownFunction
 from pipeline.kinds import BY_NAME
 from pipeline.kinds.base import describe
 from pipeline.serialization import serialize
+from pipeline.settings import Settings
 
 Key = tuple[str, tuple[tuple[str, Any], ...]]
 
@@ -72,7 +73,8 @@ class CoalescingClient:
     """Buffers single-item writes per (kind, shared arguments) and enqueues them together.
 
     ``CoalescingClient(client)`` uses a connected :class:`PipelineClient`, which it leaves open;
-    ``async with CoalescingClient()`` makes its own and closes it when the block ends.
+    ``async with CoalescingClient()`` makes its own (from ``settings``) and closes it when the
+    block ends.
     """
 
     def __init__(
@@ -81,8 +83,9 @@ class CoalescingClient:
         *,
         max_items: int = 500,
         linger_s: float = 0.005,
+        settings: Settings | None = None,
     ) -> None:
-        self.client = client or PipelineClient()
+        self.client = client or PipelineClient(settings=settings)
         self._owns_client = client is None
         self.max_items = min(max_items, self.client.limits.items)
         self.linger_s = linger_s
@@ -120,7 +123,8 @@ class CoalescingClient:
     ) -> Receipt | None:
         """Add one item; returns when its job is enqueued (or committed, with ``wait``, for up
         to ``timeout`` seconds: see :meth:`PipelineClient.write`). ``urgent`` sends it at once,
-        with the items buffered before it, as one job the worker writes first."""
+        with the items buffered before it, in one job (which the worker writes ahead of
+        everything it holds, for a kind that takes ``urgent``: ``record_events``)."""
         if self._closed:
             raise RuntimeError("CoalescingClient is closed")
         key = self._validate(function, item, shared)
@@ -223,8 +227,8 @@ class CoalescingClient:
             await asyncio.wait([before])
         try:
             kwargs: dict[str, Any] = {**dict(shared), items_field(function): buffer.items}
-            if buffer.urgent:
-                kwargs["urgent"] = True
+            if buffer.urgent and "urgent" in BY_NAME[function].payload.model_fields:
+                kwargs["urgent"] = True  # the worker writes it first, too
             job: Job | None = await self.client.redis.enqueue_job(function, **kwargs)
             if job is None:
                 raise InvalidPayload(f"{function}: job was not enqueued")
