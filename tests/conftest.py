@@ -17,10 +17,14 @@ from contextlib import asynccontextmanager
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from arq import create_pool as arq_create_pool
+from arq.connections import ArqRedis, RedisSettings
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from pipeline.migrate import downgrade, upgrade
+from pipeline.serialization import deserialize, serialize
+from pipeline.settings import Settings
 
 ADMIN_URL = os.environ.get(
     "PIPELINE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -151,3 +155,17 @@ async def redis_url(session_redis_url: str) -> AsyncIterator[str]:
     finally:
         await client.aclose()
     yield session_redis_url
+
+
+@pytest.fixture
+async def plain_producer(settings: Settings) -> AsyncIterator[ArqRedis]:
+    """A producer on plain arq (the pipeline's serializer and queue, no checks at the door):
+    jobs ``pipeline.create_pool`` would refuse reach the worker this way."""
+    pool = await arq_create_pool(
+        RedisSettings.from_dsn(str(settings.redis_url)),
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        default_queue_name=settings.queue_name,
+    )
+    yield pool
+    await pool.aclose()

@@ -160,6 +160,7 @@ async def test_redis_connections_killed_mid_run(
 
 async def test_poison_jobs_are_the_only_ones_dead_lettered(
     producer: ArqRedis,
+    plain_producer: ArqRedis,
     start_worker: Callable[..., WorkerProcess],
     engine: AsyncEngine,
     settings: Settings,
@@ -172,7 +173,8 @@ async def test_poison_jobs_are_the_only_ones_dead_lettered(
     poison = [
         ("update_scores", {"project_id": "p", "scores": [{"node_id": "c1", "ucb_score": "NaN?"}]})
     ] * 10
-    poison += [("record_events", {"events": [{"event_id": "x" * 2_000_000}]})] * 5
+    # Over 1 MiB: what the producer's pool refuses, sent the way another producer could.
+    oversized = [("record_events", {"events": [{"event_id": "x" * 2_000_000}]})] * 5
     poison += [
         (
             "insert_nodes",
@@ -195,9 +197,11 @@ async def test_poison_jobs_are_the_only_ones_dead_lettered(
     rng = random.Random(15)
     for job in poison:
         workload.jobs.insert(rng.randrange(1, len(workload.jobs)), job)
+    poison += oversized
     worker = start_worker()
     half = len(workload.jobs) // 2
     await workload.enqueue(producer, workload.jobs[:half])
+    await workload.enqueue(plain_producer, oversized)
     # Jobs no worker can run (bad bytes, unknown functions…), as raw bytes among the others.
     pushed = {await push(producer, settings.queue_name, case.data): case for case in CASES}
     await workload.enqueue(producer, workload.jobs[half:])

@@ -7,12 +7,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from arq import create_pool as arq_create_pool
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 from arq.worker import Worker
 
 from pipeline import create_pool
-from pipeline.serialization import deserialize, serialize
 from pipeline.settings import Settings
 from pipeline.worker import PipelineWorker, worker_options
 from tests.integration.helpers import Proxy
@@ -40,20 +38,6 @@ def settings(database_url: str, redis_url: str) -> Settings:
 async def producer(settings: Settings) -> AsyncIterator[ArqRedis]:
     """A producer's pool, made by ``pipeline.create_pool``."""
     pool = await create_pool(settings=settings)
-    yield pool
-    await pool.aclose()
-
-
-@pytest.fixture
-async def plain_producer(settings: Settings) -> AsyncIterator[ArqRedis]:
-    """A producer on plain arq (the pipeline's serializer and queue, no checks at the door):
-    jobs ``pipeline.create_pool`` would refuse reach the worker this way."""
-    pool = await arq_create_pool(
-        RedisSettings.from_dsn(str(settings.redis_url)),
-        job_serializer=serialize,
-        job_deserializer=deserialize,
-        default_queue_name=settings.queue_name,
-    )
     yield pool
     await pool.aclose()
 
