@@ -10,6 +10,7 @@ the batch, which is what they would have been, one after the other, in any order
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypedDict
@@ -76,10 +77,18 @@ def _count(
     done: Tally,
 ) -> None:
     """Count one job's rows of one target that were not applied, or were superseded by another
-    row of the same key in the batch."""
-    key_of, collided, merged, fields = target.key_of, prep.collided, prep.merged, report.fields
-    for row in rows:
-        key = key_of(row)
+    row of the same key in the batch (a row is applied only if it is the one written, unless the
+    target credits fields of merged rows)."""
+    key_of, merged = target.key_of, prep.merged
+    keys = list(map(key_of, rows))
+    if not (report.missing or report.rejected or (report.fields and target.credit)):
+        # The common case, at C speed: unchanged in the table, or not the row written.
+        stale = map(report.unchanged.__contains__, keys)
+        superseded = map(operator.is_not, rows, map(merged.__getitem__, keys))
+        done.unchanged += sum(map(operator.or_, stale, superseded))
+        return
+    fields = report.fields
+    for row, key in zip(rows, keys, strict=True):
         if key in unapplied:
             if key in report.missing:
                 done.missing.append(f"{target.name} {target.describe(key)}")
@@ -88,7 +97,7 @@ def _count(
                 done.rejected.append(f"{target.name} {target.describe(key)}: {reason}")
             else:
                 done.unchanged += 1
-        elif key in collided and not target.credited(row, merged[key], fields.get(key)):
+        elif merged[key] is not row and not target.credited(row, merged[key], fields.get(key)):
             done.unchanged += 1
 
 

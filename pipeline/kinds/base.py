@@ -153,12 +153,12 @@ class Report:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A target's rows of one batch: one per key, merged, sorted; ``collided`` holds the keys
-    that more than one row was sent for (whose rows were merged)."""
+    """A target's rows of one batch: one per key, merged, sorted; ``collided`` when some key
+    was sent more than once (its rows were merged)."""
 
     rows: list[Row]
     merged: dict[Row, Row]
-    collided: set[Row]
+    collided: bool
 
 
 @dataclass(frozen=True, eq=False)
@@ -252,18 +252,15 @@ class Target:
         """One row per key (merged by the target's rule), sorted by key; ``groups`` are the rows
         of each submission, in the batch's order."""
         merged: dict[Row, Row] = {}
-        collided: set[Row] = set()
+        sent = 0
         key_of, merge = self.key_of, self.merge
         for rows in groups:
+            sent += len(rows)
             for row in rows:
                 key = key_of(row)
                 old = merged.get(key)
-                if old is None:
-                    merged[key] = row
-                else:
-                    collided.add(key)
-                    merged[key] = merge(old, row)
-        return Prepared([merged[key] for key in sorted(merged)], merged, collided)
+                merged[key] = row if old is None else merge(old, row)
+        return Prepared([merged[key] for key in sorted(merged)], merged, len(merged) < sent)
 
     def merged_rows(self, rows: Sequence[Row]) -> list[Row]:
         """:meth:`prepare` of one submission's rows: what the statement would be sent."""
@@ -329,7 +326,7 @@ class Target:
             return report
         present: set[Row] = set()
         size = len(self.key)
-        for problem, *rest in result:
+        for problem, *rest in result.all():  # one fetch, not one per row
             key = tuple(rest[:size])
             if problem == "missing":
                 report.missing.add(key)

