@@ -109,3 +109,23 @@ async def proxy() -> AsyncIterator[Proxy]:
     yield proxy
     if proxy.server is not None and proxy.server.is_serving():
         await proxy.down()
+
+
+@pytest.fixture(params=["batch", "arq"])
+def drain(
+    request: pytest.FixtureRequest, run_worker: Callable[..., Any], settings: Settings
+) -> Callable[[], Any]:
+    """Run the queue empty with ``pipeline worker``'s worker, or with stock arq's: a test that
+    takes this runs twice."""
+
+    async def stock() -> Worker:
+        options = worker_options(settings)
+        options["ctx"]["configure_logging"] = False
+        worker = Worker(**{**options, "burst": True, "handle_signals": False})
+        try:
+            await worker.main()
+        finally:
+            await worker.close()
+        return worker
+
+    return run_worker if request.param == "batch" else stock

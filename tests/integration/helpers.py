@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from arq.jobs import Job, serialize_job
@@ -12,6 +13,8 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pipeline.errors import JobFailed
 
 
 async def seed_tree(producer: ArqRedis, project: str, node_ids: list[str]) -> None:
@@ -95,3 +98,10 @@ class Proxy:
         for link in self.links:
             link.close()
         await self.server.wait_closed()
+
+
+async def failure(job: Any) -> JobFailed:
+    """The failure a producer sees when it awaits the job."""
+    with pytest.raises(JobFailed) as caught:
+        await job.result(timeout=5)
+    return caught.value

@@ -7,15 +7,13 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from arq.connections import ArqRedis
 from arq.worker import Worker
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline import JobFailed
 from tests.integration.batching import in_one_batch, run
-from tests.integration.helpers import rows, seed_tree, stop_worker
+from tests.integration.helpers import failure, rows, seed_tree, stop_worker
 
 RESULT = "00000000-0000-0000-0000-0000000000a1"
 
@@ -41,12 +39,6 @@ async def written(engine: AsyncEngine) -> tuple[int, int]:
     claims = await rows(engine, "SELECT count(*) FROM claims")
     results = await rows(engine, "SELECT count(*) FROM verification_results")
     return claims[0][0], results[0][0]
-
-
-async def failure(job: Any) -> JobFailed:
-    with pytest.raises(JobFailed) as caught:
-        await job.result(timeout=5)
-    return caught.value
 
 
 async def test_a_claim_and_its_verification_commit_as_one_unit(

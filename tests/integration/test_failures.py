@@ -18,18 +18,10 @@ from arq.jobs import Job
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline import JobFailed
 from pipeline.settings import Settings
-from tests.integration.helpers import rows, scalar, seed_tree
+from tests.integration.helpers import failure, rows, scalar, seed_tree
 
 DEAD = "SELECT function, error_class, error_message, tries, payload FROM dead_letters ORDER BY id"
-
-
-async def failure(job: Job) -> JobFailed:
-    """The failure a producer sees when it awaits the job."""
-    with pytest.raises(JobFailed) as caught:
-        await job.result(timeout=5)
-    return caught.value
 
 
 async def test_child_enqueued_before_its_parent_lands_once_the_parent_exists(

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from arq.connections import ArqRedis
 from arq.jobs import serialize_job
-from arq.worker import Worker
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,7 +24,6 @@ from pipeline.reads import TaskReads
 from pipeline.schema.tasks import SEARCH_PIECE_CHARS
 from pipeline.serialization import serialize
 from pipeline.settings import Settings
-from pipeline.worker import worker_options
 from tests.integration.helpers import scalar
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -65,25 +63,6 @@ def job_size(content: str) -> int:
     """The size of the serialized ``append_transcripts`` job carrying ``content``."""
     kwargs = {"transcripts": [entry(content)]}
     return len(serialize_job("append_transcripts", (), kwargs, None, 0, serializer=serialize))
-
-
-@pytest.fixture(params=["batch", "arq"])
-def drain(
-    request: pytest.FixtureRequest, run_worker: Callable[..., Any], settings: Settings
-) -> Callable[[], Any]:
-    """Run the queue empty with ``pipeline worker``'s worker, or with stock arq's."""
-
-    async def stock() -> Worker:
-        options = worker_options(settings)
-        options["ctx"]["configure_logging"] = False
-        worker = Worker(**{**options, "burst": True, "handle_signals": False})
-        try:
-            await worker.main()
-        finally:
-            await worker.close()
-        return worker
-
-    return run_worker if request.param == "batch" else stock
 
 
 async def search(engine: AsyncEngine, query: str) -> list[int]:

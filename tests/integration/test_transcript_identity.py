@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pipeline import JobFailed
 from pipeline.kinds.tasks import TranscriptItem, derived_seq
 from pipeline.settings import Settings
-from pipeline.worker import worker_options
 from tests.integration.batching import across_batches, in_one_batch
 from tests.integration.helpers import redeliver, rows, scalar
 
@@ -56,25 +55,6 @@ def entry(
 def seq_of(item: dict[str, Any]) -> int:
     """The seq the worker derives for an item sent without one."""
     return derived_seq(TranscriptItem.model_validate(item))
-
-
-@pytest.fixture(params=["batch", "stock"])
-def drain(
-    request: pytest.FixtureRequest, run_worker: Callable[..., Any], settings: Settings
-) -> Callable[[], Any]:
-    """Run the queue empty with ``pipeline worker``'s worker, or with stock arq's."""
-
-    async def stock() -> Worker:
-        options = worker_options(settings)
-        options["ctx"]["configure_logging"] = False
-        worker = Worker(**{**options, "burst": True, "handle_signals": False})
-        try:
-            await worker.main()
-        finally:
-            await worker.close()
-        return worker
-
-    return run_worker if request.param == "batch" else stock
 
 
 async def test_empty_jobs_complete_and_write_nothing(
