@@ -208,18 +208,40 @@ async def test_an_urgent_write_goes_at_once_with_what_was_buffered_before_it(
         await stop_worker(worker, running)
 
 
+class SlowingPool:
+    """A pool whose every enqueue takes less time than the one before: enqueues that ran side
+    by side would land in the opposite order."""
+
+    def __init__(self, pool: ArqRedis) -> None:
+        self.pool = pool
+        self.landed: list[list[str]] = []
+        self.job_ids: list[str] = []
+        self.calls = 0
+
+    async def enqueue_job(self, function: str, **kwargs: Any) -> Any:
+        self.calls += 1
+        await asyncio.sleep(max(0.2 - 0.05 * self.calls, 0.0))
+        job = await self.pool.enqueue_job(function, **kwargs)
+        self.landed.append([item["node_id"] for item in kwargs["scores"]])
+        self.job_ids.append(job.job_id)
+        return job
+
+
 async def test_jobs_of_one_key_are_enqueued_in_the_order_of_their_items(
-    producer: ArqRedis, settings: Settings
+    producer: ArqRedis,
 ) -> None:
-    async with CoalescingClient(PipelineClient(producer), max_items=3, linger_s=60) as client:
-        await asyncio.gather(
-            *(client.write("update_scores", score(n), project_id="p") for n in NODES[:10])
-        )
-    jobs = await queued(producer, settings)
-    jobs.sort(key=lambda job: job["et"])
-    sent = [item["node_id"] for job in jobs for item in job["k"]["scores"]]
-    assert sent == NODES[:10]
-    assert [len(job["k"]["scores"]) for job in jobs] == [3, 3, 3, 1]
+    pool = SlowingPool(producer)
+    client = CoalescingClient(PipelineClient(pool), max_items=3, linger_s=60)  # type: ignore[arg-type]
+    writes = [
+        asyncio.create_task(client.write("update_scores", score(n), project_id="p"))
+        for n in NODES[:10]
+    ]
+    await asyncio.sleep(0.01)
+    await client.aclose()  # sends the last, lingering item
+    await asyncio.gather(*writes)
+    assert pool.landed == [NODES[0:3], NODES[3:6], NODES[6:9], NODES[9:10]]
+    times = [msgpack.unpackb(await producer.get(job_key_prefix + i))["et"] for i in pool.job_ids]
+    assert times == sorted(times)  # a later item never gets an earlier default version
 
 
 async def test_a_write_that_waits_ends_by_default_saying_the_job_is_still_queued(
