@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, get_args
@@ -55,16 +54,24 @@ def _item_adapter(function: str) -> TypeAdapter[Any]:
 
 
 # What a job's header may add to the buffer's estimate: an array header growing to 5 bytes, the
-# urgent flag, a longer enqueue time.
+# urgent flag.
 _HEADER_SLACK = 32
+_SOME_MS = 2**40  # an enqueue time as wide as any real one (a 64-bit msgpack integer)
+
+
+def _overhead(key: Key) -> int:
+    """The serialized size of the key's job with no items (and the slack of its header)."""
+    function, shared = key
+    kwargs = {**dict(shared), items_field(function): []}
+    job: dict[str, Any] = {"t": None, "f": function, "a": [], "k": kwargs, "et": _SOME_MS}
+    return len(serialize(job)) + _HEADER_SLACK
 
 
 @dataclass
 class _Buffer:
-    overhead: int  # serialized bytes of the job around its items
+    size: int  # serialized bytes of the job so far (an estimate that errs large)
     items: list[Any] = field(default_factory=list)
     waiters: list[asyncio.Future[Job]] = field(default_factory=list)
-    size: int = 0
     urgent: bool = False
     timer: asyncio.TimerHandle | None = None
 
@@ -92,7 +99,8 @@ class CoalescingClient:
         self._buffers: dict[Key, _Buffer] = {}
         self._sending: set[asyncio.Task[None]] = set()
         self._tails: dict[Key, asyncio.Task[None]] = {}  # the last send of each key
-        self._checked: set[Key] = set()  # (kind, shared arguments) already validated
+        # (kind, shared arguments) already validated, with the size of their job without items
+        self._overheads: dict[Key, int] = {}
         self._committing = 0  # wait=True calls waiting for their receipt
         self._settled = asyncio.Event()
         self._closed = False
@@ -127,20 +135,17 @@ class CoalescingClient:
         everything it holds, for a kind that takes ``urgent``: ``record_events``)."""
         if self._closed:
             raise RuntimeError("CoalescingClient is closed")
-        key = self._validate(function, item, shared)
+        key, overhead = self._validate(function, item, shared)
         size = self._size(function, item)
+        limit = self.client.limits.bytes
+        if overhead + size > limit:
+            self.client.limits.check_bytes(function, overhead + size)
         buffer = self._buffers.get(key)
-        if buffer is not None and (
-            buffer.size + size > self.client.limits.bytes or len(buffer.items) >= self.max_items
-        ):
+        if buffer is not None and buffer.size + size > limit:
             self._send(key)  # full: what came before goes first, in its own job
             buffer = None
         if buffer is None:
-            buffer = self._buffers[key] = _Buffer(overhead=self._overhead(key))
-            buffer.size = buffer.overhead
-            if buffer.size + size > self.client.limits.bytes:
-                del self._buffers[key]
-                self.client.limits.check_bytes(function, buffer.size + size)
+            buffer = self._buffers[key] = _Buffer(size=overhead)
         waiter: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
         buffer.items.append(item)  # as given: the serializer and the worker take it as it is
         buffer.waiters.append(waiter)
@@ -162,29 +167,32 @@ class CoalescingClient:
             if not self._committing:
                 self._settled.set()
 
-    def _validate(self, function: str, item: dict[str, Any], shared: dict[str, Any]) -> Key:
-        """Check ``item`` (and, the first time, the shared arguments); the buffer's key."""
+    def _validate(
+        self, function: str, item: dict[str, Any], shared: dict[str, Any]
+    ) -> tuple[Key, int]:
+        """Check ``item`` (and, the first time, the shared arguments); the buffer's key and the
+        serialized size of its job without items."""
         name = items_field(function)
         key: Key = (function, tuple(sorted(shared.items())))
         try:
-            known = key in self._checked
+            overhead = self._overheads.get(key)
         except TypeError:  # an unhashable shared argument: normalise it through the model
-            known = False
+            overhead = None
             payload = BY_NAME[function].parse({**shared, name: [item]})
             dumped = payload.model_dump(mode="json", exclude_unset=True)
             key = (function, tuple(sorted((k, v) for k, v in dumped.items() if k != name)))
-        if known:
+        if overhead is not None:
             # The shared arguments passed once already: only the new item needs checking.
             try:
                 _item_adapter(function).validate_python(item)
             except ValidationError as exc:
                 raise InvalidPayload(f"{function}: {describe(exc, at=(name, 0))}") from None
-        else:
-            BY_NAME[function].parse({**shared, name: [item]})
-            if len(self._checked) >= 10_000:
-                self._checked.clear()
-            self._checked.add(key)
-        return key
+            return key, overhead
+        BY_NAME[function].parse({**shared, name: [item]})
+        if len(self._overheads) >= 10_000:
+            self._overheads.clear()
+        overhead = self._overheads[key] = _overhead(key)
+        return key, overhead
 
     @staticmethod
     def _size(function: str, item: dict[str, Any]) -> int:
@@ -192,18 +200,6 @@ class CoalescingClient:
             return len(serialize(item))
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidPayload(f"{function}: an item cannot be serialized: {exc}") from None
-
-    @staticmethod
-    def _overhead(key: Key) -> int:
-        """The serialized size of the key's job with no items (and the slack of its header)."""
-        function, shared = key
-        job: dict[str, Any] = {
-            "t": None,
-            "f": function,
-            "a": [],
-            "k": {**dict(shared), items_field(function): []},
-        }
-        return len(serialize({**job, "et": int(time.time() * 1000)})) + _HEADER_SLACK
 
     def _send(self, key: Key) -> None:
         buffer = self._buffers.pop(key, None)
