@@ -94,22 +94,22 @@ class RetryClock:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._scripts: dict[int, tuple[Any, Any]] = {}
-        self._applied_script: dict[int, Any] = {}
+        self._scripts: dict[int, tuple[Any, Any, Any]] = {}
         self._asked: dict[int, dict[str, asyncio.Future[int]]] = {}  # by pool, this turn
         self._reads: set[asyncio.Task[None]] = set()
 
-    def _registered(self, redis: ArqRedis) -> tuple[Any, Any]:
+    def _registered(self, redis: ArqRedis) -> tuple[Any, Any, Any]:
         scripts = self._scripts.get(id(redis))
         if scripts is None:
-            scripts = (redis.register_script(_HAND_BACK), redis.register_script(_GIVE_BACK))
+            register = redis.register_script
+            scripts = (register(_HAND_BACK), register(_GIVE_BACK), register(_APPLIED))
             self._scripts[id(redis)] = scripts
         return scripts
 
     async def hand_back(self, redis: ArqRedis, job_id: str, error: PipelineError) -> HandBack:
         """Record a failed run of ``job_id`` (its try given back); when to run it again, or
         whether to give it up."""
-        hand_back, _ = self._registered(redis)
+        hand_back, _, _ = self._registered(redis)
         counted = counts(error)
         waited_ms, returns = await hand_back(
             keys=[retry_key_prefix + job_id, CLOCK_PREFIX + job_id],
@@ -154,9 +154,7 @@ class RetryClock:
     async def _applied_of(
         self, redis: ArqRedis, pending: dict[str, asyncio.Future[int]], deadline: float
     ) -> None:
-        script = self._applied_script.get(id(redis))
-        if script is None:
-            script = self._applied_script[id(redis)] = redis.register_script(_APPLIED)
+        _, _, script = self._registered(redis)
         try:
             async with asyncio.timeout_at(deadline):
                 values = await script(keys=[CLOCK_PREFIX + job_id for job_id in pending], args=[])
@@ -171,7 +169,7 @@ class RetryClock:
 
     async def give_back(self, redis: ArqRedis, job_id: str) -> None:
         """Give back the try of a run that was cancelled (the worker is stopping)."""
-        _, give_back = self._registered(redis)
+        _, give_back, _ = self._registered(redis)
         await give_back(keys=[retry_key_prefix + job_id], args=[])
 
     def delay(self, error: PipelineError, returns: int) -> float:
