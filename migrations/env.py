@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from pipeline import logs
 from pipeline.db import async_url
 from pipeline.schema import metadata
 from pipeline.settings import Settings
 
 config = context.config
-if config.config_file_name is not None and config.attributes.get("configure_logger", True):
-    fileConfig(config.config_file_name, disable_existing_loggers=False)
+if config.attributes.get("configure_logger", True):
+    logs.configure()  # the pipeline's format (JSON if asked for), also under plain `alembic`
 
 
 def _url() -> str:

@@ -114,6 +114,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pipeline`` console script."""
     args = parser().parse_args(argv)
+    from pipeline import logs
+
+    logs.configure()  # before anything logs: every line in one format, JSON if asked for
     code: int = args.run(args)
     return code
 

@@ -1,8 +1,12 @@
 """Logging: structlog for the pipeline's own lines, stdlib (arq, alembic) routed through it.
 
 JSON lines when stderr is not a terminal (or ``PIPELINE_LOG_FORMAT=json``), readable colours
-otherwise. arq's per-job INFO lines are dropped: at thousands of jobs a second they cost more
-than the jobs; the pipeline logs one line per flushed batch instead.
+otherwise. arq's per-job INFO lines are dropped unless ``PIPELINE_LOG_JOBS`` is set: at thousands
+of jobs a second they cost more than the jobs; the pipeline logs one line per flushed batch.
+
+Every ``pipeline`` command configures logging before it does anything else. arq's own command
+configures arq's logging before the worker is made, so ``arq pipeline.WorkerSettings`` is told to
+use this module with arq's option: ``--custom-log-dict pipeline.logs.ARQ_LOGGING``.
 
 Every line a worker writes carries its ``worker_id`` (:func:`bind_worker`), so the lines of many
 replicas can be told apart once they are collected in one place.
@@ -19,6 +23,17 @@ from typing import Any
 
 import structlog
 
+from pipeline.settings import Settings, get_settings
+
+#: arq's dictConfig for ``arq … --custom-log-dict pipeline.logs.ARQ_LOGGING``: the pipeline's
+#: handler on the root logger, so arq's first lines are formatted as every later one.
+ARQ_LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"pipeline": {"()": "pipeline.logs.handler"}},
+    "root": {"handlers": ["pipeline"]},
+}
+
 
 class _DropArqJobLines(logging.Filter):
     """arq formats every per-job INFO line as ``'%6.2fs …'``; errors stay."""
@@ -27,9 +42,23 @@ class _DropArqJobLines(logging.Filter):
         return not (record.levelno <= logging.INFO and str(record.msg).startswith("%6.2fs"))
 
 
-def configure(level: str = "INFO") -> None:
-    """Configure structlog and the stdlib root logger once per process."""
-    as_json = os.environ.get("PIPELINE_LOG_FORMAT", "").lower() == "json" or not sys.stderr.isatty()
+def as_json(settings: Settings) -> bool:
+    """Whether lines are JSON: asked for, or stderr is not a terminal."""
+    if settings.log_format == "auto":
+        return not sys.stderr.isatty()
+    return settings.log_format == "json"
+
+
+def configure(settings: Settings | None = None) -> None:
+    """Configure structlog and the stdlib root logger (again, if need be: it is idempotent)."""
+    logging.getLogger().handlers[:] = [handler(settings)]
+
+
+def handler(settings: Settings | None = None) -> logging.Handler:
+    """Configure structlog and the root logger's level, and return the handler that renders
+    every line (what :data:`ARQ_LOGGING` installs)."""
+    settings = settings or get_settings()
+    json_lines = as_json(settings)
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -37,8 +66,8 @@ def configure(level: str = "INFO") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
-        if as_json
+        structlog.processors.JSONRenderer(default=repr)
+        if json_lines
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
@@ -47,25 +76,26 @@ def configure(level: str = "INFO") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler()
-    handler.setFormatter(
+    out = logging.StreamHandler()
+    out.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
+            # arq's failure line carries the exception's extra() as the record's ``extra``
+            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(allow=("extra",))],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info if as_json else _identity,
+                structlog.processors.format_exc_info if json_lines else _identity,
                 renderer,
             ],
         )
     )
-    handler.addFilter(_DropArqJobLines())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    if not settings.log_jobs:
+        out.addFilter(_DropArqJobLines())
+    logging.getLogger().setLevel(settings.log_level.upper())
     for name in ("arq", "arq.worker", "arq.jobs", "arq.connections"):
         arq_logger = logging.getLogger(name)
         arq_logger.handlers.clear()
         arq_logger.propagate = True
+    return out
 
 
 def worker_id(ctx: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ Defaults work against PostgreSQL and Redis on 127.0.0.1, so a developer needs no
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, PostgresDsn, RedisDsn
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -122,6 +123,19 @@ class Settings(BaseSettings):
         default=100_000, ge=0, description="Principle scores kept in the read-side cache."
     )
     log_level: str = Field(default="INFO", description="Log level of the pipeline's loggers.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="Log lines as JSON or for a terminal; auto: console on a terminal, else JSON.",
+    )
+    log_jobs: bool = Field(
+        default=False,
+        description="Write arq's line per job start and end (INFO) too, not only failures.",
+    )
+    batch_claims: bool = Field(
+        default=True,
+        description="Under arq pipeline.WorkerSettings too, claim and finish jobs in batches "
+        "(false: stock arq's one job at a time).",
+    )
     metrics_port: int | None = Field(
         default=None,
         ge=0,

@@ -39,7 +39,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     """arq ``on_startup``: engine, coalescer, job runner and metrics endpoint, kept in ``ctx``."""
     settings: Settings = ctx.get("settings") or get_settings()
     if ctx.get("configure_logging", True):
-        logs.configure(settings.log_level)
+        logs.configure(settings)
     logs.bind_worker(ctx)
     engine = create_engine(settings)
     gate = DatabaseGate(

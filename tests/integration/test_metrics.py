@@ -206,16 +206,14 @@ async def test_log_lines_are_json_with_the_worker_id_and_no_password(
     producer: ArqRedis,
     database_url: str,
     capfd: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with_password = make_url(database_url).set(password="s3cret")
     url = with_password.render_as_string(hide_password=False)
     assert "s3cret" in url  # trust authentication accepts any password
     await seed_tree(producer, "p", ["a"])
     bad = await producer.enqueue_job("update_scores", project_id="p", scores="nope")
-    worker = make_worker({"database_url": url})
+    worker = make_worker({"database_url": url, "log_format": "json"})
     worker.ctx["configure_logging"] = True  # as in production: start-up configures logging
-    monkeypatch.setenv("PIPELINE_LOG_FORMAT", "json")
     capfd.readouterr()
     with root_logger_restored():
         # Only what the worker's start-up installs: not a handler an earlier test left behind.

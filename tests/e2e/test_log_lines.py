@@ -1,0 +1,77 @@
+"""With ``PIPELINE_LOG_FORMAT=json`` every line a command writes is JSON, from the first: a worker
+under both commands (started, given a job, stopped), ``pipeline migrate`` and the other commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from arq.connections import ArqRedis
+
+from pipeline.settings import Settings
+from tests.e2e.conftest import WorkerProcess
+from tests.integration.helpers import seed_tree
+
+pytestmark = pytest.mark.e2e
+PIPELINE = str(Path(sys.executable).with_name("pipeline"))
+
+
+def json_lines(output: str) -> list[dict[str, object]]:
+    """Every line of ``output`` as JSON (fails on the first that is not)."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines, "nothing was logged"
+    parsed = []
+    for number, line in enumerate(lines, 1):
+        try:
+            parsed.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"line {number} is not JSON: {line!r}\n{output}")
+    return parsed
+
+
+async def test_every_line_of_a_worker_is_json_from_the_first(
+    start_worker: Callable[..., WorkerProcess], producer: ArqRedis, mode: str
+) -> None:
+    worker = start_worker(PIPELINE_LOG_LEVEL="INFO")
+    worker.wait_started()
+    await seed_tree(producer, "p", ["a"])
+    bad = await producer.enqueue_job("update_scores", project_id="p", scores="not a list")
+    assert bad is not None
+    with pytest.raises(Exception):  # noqa: B017 - its dead letter is what the log must show
+        await bad.result(timeout=30)
+    assert worker.stop(signal.SIGTERM) == 0
+    events = [str(line.get("event")) for line in json_lines(worker.output())]
+    assert events[0].startswith("Starting worker for"), events[:3]  # arq's own first line
+    assert "worker started" in events and "batch flushed" in events
+    assert "job dead-lettered" in events and "worker stopped" in events
+    assert any(event.startswith("shutdown on SIGTERM") for event in events)  # arq's last ones
+
+
+def test_migrate_and_the_other_commands_log_json(settings: Settings) -> None:
+    env = {
+        **os.environ,
+        "PIPELINE_DATABASE_URL": str(settings.database_url),
+        "PIPELINE_REDIS_URL": str(settings.redis_url),
+        "PIPELINE_LOG_FORMAT": "json",
+        "PIPELINE_LOG_LEVEL": "INFO",
+    }
+
+    def stderr_of(*args: str) -> str:
+        done = subprocess.run(
+            [PIPELINE, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    migrated = json_lines(stderr_of("migrate"))  # alembic's lines, through the pipeline's handler
+    assert any(line.get("logger", "").startswith("alembic") for line in migrated), migrated
+    for command in (["ready"], ["status"], ["dead-letters", "list"]):
+        output = stderr_of(*command)
+        if output.strip():
+            json_lines(output)
