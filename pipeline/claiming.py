@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from arq.constants import retry_key_prefix
@@ -159,6 +159,19 @@ class BatchWorker(Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._batching()
+
+    @classmethod
+    def adopt(cls, worker: Worker) -> None:
+        """Make a stock arq ``worker`` (one ``arq``'s command built) this class, from its next
+        poll on: its settings, pool, context and counters stay; only the claiming changes."""
+        if type(worker) is not Worker:
+            raise TypeError(f"only a stock arq Worker can be adopted, not {type(worker)!r}")
+        worker.__class__ = cls
+        cast(BatchWorker, worker)._batching()
+
+    def _batching(self) -> None:
+        """The state this class adds to arq's worker."""
         if self.allow_abort_jobs or self.cron_jobs:
             raise ValueError("BatchWorker supports neither job aborts nor cron jobs")
         self._finisher: Finisher | None = None

@@ -6,16 +6,18 @@ coalescer holds before the engine closes. On SIGTERM arq stops taking jobs and w
 
 ``pipeline worker`` runs :class:`PipelineWorker`, which claims and finishes jobs in batches
 (:mod:`pipeline.claiming`) and survives Redis dropping its connections. arq's own command cannot
-be told to use a subclass, so ``arq pipeline.WorkerSettings`` runs stock arq, the compatible
-mode: the same functions and the same keys, one job claimed at a time, and a connection dropped
-while it claims a job ends the process (run it under a supervisor that restarts it). Both kinds
-of worker can share one queue.
+be told to use a subclass: ``arq pipeline.WorkerSettings`` builds a stock ``Worker``, and its
+start-up hook turns that worker into a :class:`PipelineWorker` before the first poll, so the
+deployment command runs the same worker. With ``PIPELINE_BATCH_CLAIMS=false`` it stays stock arq:
+the same functions and keys, one job claimed at a time, and a connection dropped while it claims
+ends the process. Both kinds of worker can share one queue.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
+import sys
+from types import FrameType
 from typing import Any
 
 import structlog
@@ -63,7 +65,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     # 500 jobs/s: 33-37 ms without, 12 ms with, in the same minute).
     gc.freeze()
     ctx["endpoint"] = await endpoint.start(settings, ctx.get("redis"), gate)
-    _pause_claims_while_closed(gate)
+    _claim_in_batches(settings, gate)
     log.info(
         "worker started",
         metrics_port=ctx["endpoint"].port if ctx["endpoint"] else None,
@@ -75,13 +77,18 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
 
 
-def _pause_claims_while_closed(gate: DatabaseGate) -> None:
-    """Make a stock arq worker take no job while PostgreSQL is unreachable, as
-    :class:`PipelineWorker` does: its claims stop at ``max_jobs``, set to 0 while the gate is
-    closed (SIGTERM's own stop, ``allow_pick_jobs``, is left alone)."""
+def _claim_in_batches(settings: Settings, gate: DatabaseGate) -> None:
+    """Make the stock arq worker running this start-up (``arq pipeline.WorkerSettings``) a
+    :class:`PipelineWorker` from its next poll on; with ``batch_claims`` off, have it at least
+    take no job while PostgreSQL is unreachable."""
     worker = _running_worker()
     if worker is None or isinstance(worker, BatchWorker):
         return
+    if settings.batch_claims:
+        PipelineWorker.adopt(worker)
+        return
+    # Stock claims stop at max_jobs: 0 while the gate is closed (SIGTERM's own stop,
+    # allow_pick_jobs, is left alone).
     limit = worker.max_jobs
 
     def follow(is_open: bool) -> None:
@@ -92,11 +99,15 @@ def _pause_claims_while_closed(gate: DatabaseGate) -> None:
 
 def _running_worker() -> Worker | None:
     """The arq worker whose ``main()`` runs this start-up: arq hands ``on_startup`` only the
-    context, and ``arq pipeline.WorkerSettings`` cannot be told to build a subclass."""
-    task = asyncio.current_task()
-    frame = getattr(task.get_coro(), "cr_frame", None) if task is not None else None
-    candidate = frame.f_locals.get("self") if frame is not None else None
-    return candidate if isinstance(candidate, Worker) else None
+    context, and ``arq pipeline.WorkerSettings`` cannot be told to build a subclass. The hook
+    runs inside ``main()``, so that frame is on the stack, with the worker as ``self``."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is Worker.main.__code__:
+            candidate = frame.f_locals.get("self")
+            return candidate if isinstance(candidate, Worker) else None
+        frame = frame.f_back
+    return None
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

@@ -28,7 +28,10 @@ WORKERS = {
     "naive": ["-m", "arq", "workers.naive.NaiveWorkerSettings"],
     "noop": ["-m", "arq", "workers.noop.NoopWorkerSettings"],
     "pipeline": ["-m", "pipeline.cli", "worker"],
-    "pipeline-arq": ["-m", "arq", "pipeline.WorkerSettings"],
+    "pipeline-arq": [
+        *("-m", "arq", "pipeline.WorkerSettings"),
+        *("--custom-log-dict", "pipeline.logs.ARQ_LOGGING"),
+    ],
 }
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

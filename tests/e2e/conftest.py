@@ -17,8 +17,10 @@ from arq.connections import ArqRedis
 from pipeline import create_pool
 from pipeline.settings import Settings
 
+ARQ = str(Path(sys.executable).with_name("arq"))
 COMMANDS = {
-    "arq": [str(Path(sys.executable).with_name("arq")), "pipeline.WorkerSettings"],
+    # the deployment command, with arq's option that makes its first lines the pipeline's too
+    "arq": [ARQ, "pipeline.WorkerSettings", "--custom-log-dict", "pipeline.logs.ARQ_LOGGING"],
     "pipeline": [str(Path(sys.executable).with_name("pipeline")), "worker"],
 }
 
@@ -87,8 +89,9 @@ class WorkerProcess:
 
 @pytest.fixture(params=["arq", "pipeline"])
 def mode(request: pytest.FixtureRequest) -> str:
-    """Which command runs the workers: stock arq (the compatible mode) or ``pipeline worker``
-    (batched claiming); every test that starts workers runs in both."""
+    """Which command runs the workers: ``arq pipeline.WorkerSettings`` or ``pipeline worker``
+    (both claim in batches; ``PIPELINE_BATCH_CLAIMS=false`` makes the first stock arq); every
+    test that starts workers runs in both."""
     return str(request.param)
 
 

@@ -55,8 +55,8 @@ async def test_three_workers_on_overlapping_keys(
     settings: Settings,
 ) -> None:
     rng = random.Random(2026)
-    # In the pipeline mode, two batch-claiming workers and a stock arq worker share the queue.
-    workers = [start_worker(), start_worker(), start_worker("arq")]
+    # Two batch-claiming workers and a stock arq one (one job at a time) share the queue.
+    workers = [start_worker(), start_worker(), start_worker("arq", PIPELINE_BATCH_CLAIMS="false")]
     await producer.enqueue_job("upsert_project", project_id="p", name="p")
     nodes = [{"node_id": "root", "label": "root"}]
     nodes += [{"node_id": n, "parent_id": "root", "label": n} for n in NODES]

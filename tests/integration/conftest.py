@@ -76,6 +76,8 @@ async def worker_of(settings: Settings, mode: str) -> AsyncIterator[Callable[...
     made: list[Worker] = []
 
     def make(*, burst: bool = True, **overrides: Any) -> Worker:
+        # stock arq stays stock: start-up would otherwise make it claim in batches
+        overrides.setdefault("batch_claims", mode == "pipeline")
         options = worker_options(settings.model_copy(update=overrides))
         options["ctx"]["configure_logging"] = False
         options.update({"burst": burst, "handle_signals": False})
@@ -119,7 +121,7 @@ def drain(
     takes this runs twice."""
 
     async def stock() -> Worker:
-        options = worker_options(settings)
+        options = worker_options(settings.model_copy(update={"batch_claims": False}))
         options["ctx"]["configure_logging"] = False
         worker = Worker(**{**options, "burst": True, "handle_signals": False})
         try:

@@ -34,11 +34,13 @@ LETTERS = (
 
 @pytest.fixture(params=["arq", "pipeline"])
 def drain(request: pytest.FixtureRequest, settings: Settings) -> Drain:
-    """Run one burst worker until the queue is empty: stock arq (``arq pipeline.WorkerSettings``)
-    or the batch worker (``pipeline worker``)."""
+    """Run one burst worker until the queue is empty: stock arq (``arq pipeline.WorkerSettings``
+    with ``PIPELINE_BATCH_CLAIMS=false``) or the batch worker (what both commands run)."""
 
     async def run(settings_overrides: dict[str, Any] | None = None) -> Worker:
-        options = worker_options(settings.model_copy(update=settings_overrides or {}))
+        stock = {"batch_claims": False} if request.param == "arq" else {}
+        overrides = {**stock, **(settings_overrides or {})}
+        options = worker_options(settings.model_copy(update=overrides))
         options["ctx"]["configure_logging"] = False
         options.update({"burst": True, "handle_signals": False})
         worker = (Worker if request.param == "arq" else PipelineWorker)(**options)
