@@ -71,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
     worker = commands.add_parser(
         "worker",
         help="run a worker: arq's, claiming and finishing jobs in batches, surviving Redis "
-        "dropping its connections (arq pipeline.WorkerSettings runs stock arq instead)",
+        "dropping its connections (the worker arq pipeline.WorkerSettings runs too)",
     )
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.set_defaults(run=_worker)

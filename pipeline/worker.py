@@ -178,6 +178,12 @@ class PipelineWorker(BatchWorker):
     worker, where their timeouts run, instead of in Redis, where they wait for as long as it takes.
     """
 
+    def _batching(self) -> None:
+        super()._batching()
+        settings = self.ctx.get("settings")
+        # arq's per-job lines only when asked for: at thousands of jobs a second they are noise
+        self.log_jobs = isinstance(settings, Settings) and settings.log_jobs
+
     def saturated(self) -> bool:
         """Whether PostgreSQL is unreachable, or two batches' worth of rows wait already."""
         runner: JobRunner | None = self.ctx.get("pipeline")

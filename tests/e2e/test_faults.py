@@ -131,7 +131,6 @@ async def test_database_connections_terminated_mid_run(
     assert clean(figures)
 
 
-@pytest.mark.parametrize("mode", ["pipeline"])  # arq's own command dies of it, see claiming.py
 async def test_redis_connections_killed_mid_run(
     producer: ArqRedis,
     start_worker: Callable[..., WorkerProcess],

@@ -4,6 +4,7 @@ metric a dashboard or an alert reads is one the worker exports."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -174,3 +175,18 @@ def test_the_monitoring_profile(compose: dict[str, Any]) -> None:
     for mount in grafana:
         if mount.startswith("./"):
             assert (ROOT / mount).exists()
+
+
+ARQ_COMMAND = ["arq", "pipeline.WorkerSettings", "--custom-log-dict", "pipeline.logs.ARQ_LOGGING"]
+
+
+def test_every_deployment_runs_arqs_command_with_the_log_dict(compose: dict[str, Any]) -> None:
+    """The deployment command users were promised; the log dict makes its first lines JSON."""
+    assert compose["services"]["worker"]["command"] == ARQ_COMMAND
+    procfile = dict(
+        line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line
+    )
+    assert procfile["worker"].split() == ARQ_COMMAND
+    assert " ".join(ARQ_COMMAND) in (ROOT / "README.md").read_text()
+    module, _, name = ARQ_COMMAND[-1].rpartition(".")
+    assert isinstance(getattr(importlib.import_module(module), name), dict)
