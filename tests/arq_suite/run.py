@@ -229,6 +229,7 @@ def fetch_sdist(version: str, sdist: Path) -> None:
     if (sdist / ".complete").exists():
         return
     step(f"downloading arq {version}'s sdist for its tests")
+    start = time.monotonic()
     shutil.rmtree(sdist, ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:
         quiet(
@@ -252,6 +253,7 @@ def fetch_sdist(version: str, sdist: Path) -> None:
         sdist.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(Path(tmp) / top, sdist)
     (sdist / ".complete").touch()
+    print(f"    downloaded in {time.monotonic() - start:.1f} s", flush=True)
 
 
 def ensure_venv(version: str) -> Path:
@@ -268,12 +270,14 @@ def ensure_venv(version: str) -> Path:
     if python.exists() and stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
         return python
     step(f"creating {VENV.relative_to(REPO)}: the project and the suite's test dependencies")
+    start = time.monotonic()
     shutil.rmtree(VENV, ignore_errors=True)
     quiet([sys.executable, "-m", "venv", VENV], "creating the venv")
     install: list[str | Path] = [python, "-m", "pip", "install", "--quiet"]
     install += ["--disable-pip-version-check", "-e", REPO, f"arq=={version}", *TEST_DEPS]
     quiet(install, "installing the suite's dependencies")
     stamp_file.write_text(json.dumps(stamp))
+    print(f"    made in {time.monotonic() - start:.1f} s", flush=True)
     return python
 
 
