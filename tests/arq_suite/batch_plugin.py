@@ -8,8 +8,9 @@ look up when called) is rebound to ``BatchWorker``, which was defined on the ori
 Sanity checks, so that a swap that silently missed cannot pass for a clean run: after
 collection, every collected module and conftest that holds a ``Worker`` must hold
 ``BatchWorker``; at the end, no stock ``Worker`` may have been built and at least
-``--batch-min-built`` ``BatchWorker`` s must have been. A failed check ends the session with
-pytest's internal-error exit code (3), which ``run.py`` takes for a broken harness.
+``--batch-min-built`` ``BatchWorker`` s must have been (``run.py`` passes 0 and checks the
+counts written to ``--batch-report`` over all of a run's sessions instead). A failed check ends
+the session with a pytest exit status above 1, which ``run.py`` takes for a broken harness.
 """
 
 from __future__ import annotations

@@ -49,6 +49,10 @@ class RedisClaim:
         return RedisSettings.from_dsn(self.url)
 
 
+#: The claim while the session holds it, for watchdog_plugin to release when it ends a hung run.
+current_claim: RedisClaim | None = None
+
+
 def _unreachable(exc: Exception) -> NoReturn:
     pytest.fail(f"Redis is not reachable at {REDIS_BASE_URL} ({exc})")
 
@@ -82,7 +86,8 @@ def _keep_claim(claim: RedisClaim) -> None:
         client.close()
 
 
-def _release_redis_db(claim: RedisClaim) -> None:
+def release_redis_db(claim: RedisClaim) -> None:
+    """FLUSHDB the claimed database, if the claim is still this session's (which ends it)."""
     client = redis.Redis.from_url(claim.url)
     try:
         if client.get(SESSION_KEY) == claim.token.encode():
@@ -120,10 +125,12 @@ def _client(claim: RedisClaim, **kwargs: Any) -> ArqRedis:
 @pytest.fixture(scope="session")
 def redis_claim() -> Iterator[RedisClaim]:
     """This test session's own Redis database, released (flushed) at the end."""
+    global current_claim
     token = uuid.uuid4().hex
-    claim = RedisClaim(_claim_redis_db(token), token)
+    claim = current_claim = RedisClaim(_claim_redis_db(token), token)
     yield claim
-    _release_redis_db(claim)
+    release_redis_db(claim)
+    current_claim = None
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,9 @@ What it does:
 4. Runs the suite with its own pytest settings (arq's ``[tool.pytest.ini_options]``, not this
    repo's) twice: with stock arq, and with ``-p batch_plugin``, which swaps ``BatchWorker`` in
    for ``arq.worker.Worker`` and checks that the workers the suite builds are BatchWorkers.
+   Both load ``-p watchdog_plugin``: a test still running ``HARD_TIMEOUT_S`` after it started
+   (pytest-timeout's exception swallowed) is recorded as hung and ends its session, and the
+   tests after it run in a new one, so one hang neither stalls CI nor loses the other results.
 5. Compares the two junit reports: a test regresses when it passed with stock arq and did not
    pass with the batch worker. Regressions are run again (both ways) up to twice more; a test
    that passes with the batch worker on any run is reported as flaky, not as a regression.
@@ -43,6 +46,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import os
 import re
@@ -60,6 +64,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: Tests allowed to regress, each with why the batch worker deliberately differs from arq.
 #: Stock arq's ``_poll_iteration`` lets a Redis error out, which ends the worker; BatchWorker's
@@ -121,7 +126,12 @@ ADDED_FIXTURES = ("redis_claim", "_redis_claim_kept")
 
 MIN_STOCK_PASSED = 100
 RERUNS = 2
-RUN_TIMEOUT_S = 30 * 60
+#: A test still running this long after it started (pytest-timeout did not end it) ends its
+#: session; HUNG_EXIT is watchdog_plugin's exit status then.
+HARD_TIMEOUT_S = 40.0
+HUNG_EXIT = 70
+#: Past this a pytest session is killed (a whole run takes well under a minute).
+RUN_TIMEOUT_S = 15 * 60
 
 
 class HarnessError(Exception):
@@ -181,6 +191,7 @@ class Outcome:
 class Run:
     outcomes: dict[str, Outcome]
     seconds: float
+    built: int = 0  # BatchWorkers built (batch runs)
 
     def count(self, status: str) -> int:
         return sum(o.status == status for o in self.outcomes.values())
@@ -189,8 +200,10 @@ class Run:
         return self.outcomes.get(test, Outcome("missing")).status == "passed"
 
     def line(self) -> str:
-        counts = ", ".join(f"{self.count(s)} {s}" for s in ("passed", "failed", "error", "skipped"))
-        return f"{len(self.outcomes)} tests: {counts}, in {self.seconds:.1f} s"
+        statuses = ("passed", "failed", "error", "skipped", "hung")
+        counts = ", ".join(f"{self.count(s)} {s}" for s in statuses)
+        workers = f", {self.built} BatchWorkers built" if self.built else ""
+        return f"{len(self.outcomes)} tests: {counts}, in {self.seconds:.1f} s{workers}"
 
 
 def step(message: str) -> None:
@@ -376,19 +389,53 @@ def read_junit(path: Path) -> dict[str, Outcome]:
     return outcomes
 
 
-def run_suite(python: Path, suite: Path, mode: str, name: str, tests: Sequence[str] = ()) -> Run:
-    """Run the suite (or ``tests`` of it) with ``mode`` stock or batch; its junit outcomes."""
+@dataclass(frozen=True)
+class Segment:
+    """One pytest session of a run: its outcomes and, if it hung, the hung test and the tests
+    it had collected."""
+
+    outcomes: dict[str, Outcome]
+    built: int
+    hung: str | None = None
+    collected: tuple[str, ...] = ()
+
+
+def read_progress(progress: Path) -> list[dict[str, Any]]:
+    if not progress.exists():
+        return []
+    return [json.loads(line) for line in progress.read_text().splitlines() if line]
+
+
+def release_claim(events: list[dict[str, Any]]) -> None:
+    """Release the Redis database a killed session held (only if it still holds it)."""
+    import redis  # the project's dependency; only needed after a kill
+
+    for event in events:
+        if "claim" in event:
+            client = redis.Redis.from_url(event["claim"])
+            try:
+                if client.get(SESSION_KEY) == event["token"].encode():
+                    client.flushdb()
+            finally:
+                client.close()
+
+
+def run_pytest(python: Path, suite: Path, mode: str, name: str, tests: Sequence[str]) -> Segment:
+    """One pytest session over ``tests`` (all of them if empty) with ``mode`` stock or batch."""
     results = suite.parent / "results"
     results.mkdir(exist_ok=True)
     xml, log = results / f"{name}.xml", results / f"{name}.log"
-    xml.unlink(missing_ok=True)
+    progress, built = results / f"{name}.progress.jsonl", results / f"{name}.built.json"
+    for path in (xml, progress, built):
+        path.unlink(missing_ok=True)
     cmd: list[str | Path] = [python, "-m", "pytest", "-c", "pytest.ini", "--rootdir", "."]
     cmd += ["-p", "no:cacheprovider", "-o", "junit_family=xunit1", f"--junitxml={xml}", "-q"]
+    cmd += ["-p", "watchdog_plugin", f"--progress={progress}", f"--hard-timeout={HARD_TIMEOUT_S}"]
     if mode == "batch":
-        cmd += ["-p", "batch_plugin", f"--batch-min-built={0 if tests else 1}"]
+        # run.py checks the count over all segments: a segment may build no worker
+        cmd += ["-p", "batch_plugin", "--batch-min-built=0", f"--batch-report={built}"]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS")}
-    env["PYTHONPATH"] = str(HERE)  # local_redis and batch_plugin
-    start = time.monotonic()
+    env["PYTHONPATH"] = str(HERE)  # local_redis, watchdog_plugin and batch_plugin
     with log.open("w") as out:
         try:
             done = subprocess.run(
@@ -401,15 +448,46 @@ def run_suite(python: Path, suite: Path, mode: str, name: str, tests: Sequence[s
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
+            release_claim(read_progress(progress))
             raise HarnessError(f"the {name} run took over {RUN_TIMEOUT_S} s; see {log}") from exc
-    seconds = time.monotonic() - start
+    events = read_progress(progress)
+    if done.returncode == HUNG_EXIT:
+        hung = next(e["hung"] for e in events if "hung" in e)
+        outcomes = {e["test"]: Outcome(e["status"], e["message"]) for e in events if "test" in e}
+        collected = next(e["collected"] for e in events if "collected" in e)
+        return Segment(outcomes, 0, hung, tuple(collected))
     if done.returncode not in (0, 1) or not xml.exists():
-        tail = log.read_text().splitlines()[-40:]
-        print("\n".join(tail))
+        print("\n".join(log.read_text().splitlines()[-40:]))
         raise HarnessError(f"the {name} run ended with pytest exit {done.returncode}; see {log}")
-    run = Run(read_junit(xml), seconds)
+    count = json.loads(built.read_text()).get("BatchWorker", 0) if built.exists() else 0
+    return Segment(read_junit(xml), count)
+
+
+def run_suite(python: Path, suite: Path, mode: str, name: str, tests: Sequence[str] = ()) -> Run:
+    """Run the suite (or ``tests`` of it) with ``mode`` stock or batch: a test that hangs ends
+    its session, and the tests after it run in a new one."""
+    start = time.monotonic()
+    outcomes: dict[str, Outcome] = {}
+    built, remaining, part = 0, list(tests), name
+    for segment in itertools.count(2):
+        done = run_pytest(python, suite, mode, part, remaining)
+        outcomes.update(done.outcomes)
+        built += done.built
+        if done.hung is None:
+            break
+        outcomes[done.hung] = Outcome(
+            "hung", f"still running {HARD_TIMEOUT_S:.0f} s after it started: session ended"
+        )
+        remaining = [t for t in done.collected if t not in outcomes]
+        print(f"    hung: {done.hung}; {len(remaining)} tests still to run", flush=True)
+        if not remaining:
+            break
+        part = f"{name}-part{segment}"
+    run = Run(outcomes, time.monotonic() - start, built)
     if not run.outcomes:
-        raise HarnessError(f"the {name} run collected no tests; see {log}")
+        raise HarnessError(f"the {name} run collected no tests")
+    if mode == "batch" and not tests and built == 0:
+        raise HarnessError(f"the {name} run built no BatchWorker: the swap did not take")
     return run
 
 
