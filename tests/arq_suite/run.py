@@ -183,7 +183,7 @@ REWRITES = (
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # passed, failed, error, skipped, or missing (not in the report)
+    status: str  # passed, failed, error, skipped, hung, or missing (not in the report)
     message: str = ""
 
 
