@@ -22,6 +22,7 @@ Redis takes it.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -65,6 +66,9 @@ class BatchWorker(Worker):
     watchdog_interval_s = 0.2
     #: Whether arq's per-job INFO lines (start, success, retry, abort) are written.
     log_jobs = True
+
+    #: arq reads its settings classes by ``Worker``'s signature: this class shows arq's own.
+    __signature__ = inspect.signature(Worker)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

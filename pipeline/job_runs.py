@@ -14,8 +14,9 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import arq.worker
 import structlog
-from arq.constants import keep_cronjob_progress, retry_key_prefix
+from arq.constants import retry_key_prefix
 from arq.cron import CronJob
 from arq.jobs import SerializationError, deserialize_job_raw, serialize_result
 from arq.utils import args_to_string, ms_to_datetime, timestamp_ms, to_ms, truncate
@@ -185,7 +186,9 @@ class JobRun:
             return self._failed(JobExecutionFailed(f"function {self.function_name!r} not found"))
         if isinstance(function, CronJob):
             self.ref = self.function_name
-            self.keep_in_progress_ms = to_ms(keep_cronjob_progress)
+            # looked up at each use, as arq's run_job does (its tests patch it there)
+            keep_s: float = getattr(arq.worker, "keep_cronjob_progress")  # noqa: B009
+            self.keep_in_progress_ms = to_ms(keep_s)
         if enqueue_job_try and enqueue_job_try > self.job_try:
             self.job_try = enqueue_job_try
             await worker.pool.setex(retry_key_prefix + claim.job_id, 88400, str(self.job_try))

@@ -91,6 +91,7 @@ def handler(settings: Settings | None = None) -> logging.Handler:
     if not settings.log_jobs:
         out.addFilter(_DropArqJobLines())
     logging.getLogger().setLevel(settings.log_level.upper())
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin
     for name in ("arq", "arq.worker", "arq.jobs", "arq.connections"):
         arq_logger = logging.getLogger(name)
         arq_logger.handlers.clear()
