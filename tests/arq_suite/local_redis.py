@@ -162,34 +162,36 @@ def test_redis_port(test_redis_settings: RedisSettings) -> int:
     return test_redis_settings.port
 
 
-@pytest.fixture
-async def arq_redis(redis_claim: RedisClaim) -> AsyncIterator[ArqRedis]:
-    redis_ = _client(redis_claim)
+async def _fresh(redis_claim: RedisClaim, **options: Any) -> AsyncIterator[ArqRedis]:
+    """arq's fixtures' client, on the claimed database, flushed first."""
+    redis_ = _client(redis_claim, **options)
     await _flush(redis_, redis_claim)
     yield redis_
     await redis_.aclose(close_connection_pool=True)
+
+
+@pytest.fixture
+async def arq_redis(redis_claim: RedisClaim) -> AsyncIterator[ArqRedis]:
+    async for redis_ in _fresh(redis_claim):
+        yield redis_
 
 
 @pytest.fixture
 async def arq_redis_msgpack(redis_claim: RedisClaim) -> AsyncIterator[ArqRedis]:
-    redis_ = _client(
+    async for redis_ in _fresh(
         redis_claim,
         job_serializer=msgpack.packb,
         job_deserializer=functools.partial(msgpack.unpackb, raw=False),
-    )
-    await _flush(redis_, redis_claim)
-    yield redis_
-    await redis_.aclose(close_connection_pool=True)
+    ):
+        yield redis_
 
 
 @pytest.fixture
 async def arq_redis_retry(redis_claim: RedisClaim) -> AsyncIterator[ArqRedis]:
-    redis_ = _client(
+    async for redis_ in _fresh(
         redis_claim,
         retry=Retry(backoff=NoBackoff(), retries=3),
         retry_on_timeout=True,
         retry_on_error=[redis.exceptions.ConnectionError],
-    )
-    await _flush(redis_, redis_claim)
-    yield redis_
-    await redis_.aclose(close_connection_pool=True)
+    ):
+        yield redis_
