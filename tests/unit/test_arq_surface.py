@@ -90,7 +90,8 @@ async def _noop(ctx: dict[str, object]) -> None:
     return None
 
 
-def test_the_shared_attributes_exist() -> None:
+async def test_the_shared_attributes_exist() -> None:
+    # async: arq's Worker takes the running loop (in a sync test it would open one, never closed)
     worker = Worker(functions=[func(_noop, name="noop")], cron_jobs=[cron(_noop, name="tick")])
     for name in (
         "_pool",
@@ -142,7 +143,7 @@ def test_the_key_layout() -> None:
     assert arq.constants.keep_cronjob_progress == 60
 
 
-def test_a_stock_worker_can_be_adopted() -> None:
+async def test_a_stock_worker_can_be_adopted() -> None:
     worker = Worker(functions=[func(_noop, name="noop")], ctx={"kept": True})
     PipelineWorker.adopt(worker)
     assert type(worker) is PipelineWorker and worker.ctx == {"kept": True}
