@@ -22,7 +22,9 @@ Redis takes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -62,7 +64,7 @@ class BatchWorker(Worker):
     #: Jobs claimed per poll at most. Smaller than ``max_jobs`` so that work streams: jobs
     #: claimed now are validated while the previous ones' batch commits.
     claim_batch = 250
-    #: How often job timeouts are checked: a job runs at most this much past its timeout.
+    #: How often job timeouts are checked at least (also at the earliest deadline).
     watchdog_interval_s = 0.2
     #: Whether arq's per-job INFO lines (start, success, retry, abort) are written.
     log_jobs = True
@@ -91,6 +93,8 @@ class BatchWorker(Worker):
         self._deadlines: dict[str, float] = {}
         self._timed_out: set[str] = set()
         self._watchdog: asyncio.Task[None] | None = None
+        self._watch_wake = math.inf
+        self._watch_early = asyncio.Event()
 
     async def _poll_iteration(self) -> None:
         try:
@@ -133,15 +137,32 @@ class BatchWorker(Worker):
             log.error("job task crashed", job_id=task.get_name(), error=repr(task.exception()))
 
     async def _watch(self) -> None:
-        """Cancel the jobs that ran past their timeout; their runs record a timeout failure."""
+        """Cancel the jobs that ran past their timeout; their runs record a timeout failure.
+
+        It wakes at the earliest deadline (at least every ``watchdog_interval_s``), and early
+        when a job starts whose deadline comes sooner (:meth:`deadline`)."""
         while True:
-            await asyncio.sleep(self.watchdog_interval_s)
             now = self.loop.time()
+            wake = now + self.watchdog_interval_s
             for job_id, deadline in list(self._deadlines.items()):
+                if deadline > now:
+                    wake = min(wake, deadline)
+                    continue
                 task = self.job_tasks.get(job_id)
-                if deadline <= now and task is not None and job_id not in self._timed_out:
+                if task is not None and job_id not in self._timed_out:
                     self._timed_out.add(job_id)
                     task.cancel()
+            self._watch_wake = wake
+            self._watch_early.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._watch_early.wait(), wake - now)
+
+    def deadline(self, job_id: str, timeout_s: float) -> None:
+        """Time ``job_id`` out ``timeout_s`` from now (until its run ends)."""
+        deadline = self.loop.time() + timeout_s
+        self._deadlines[job_id] = deadline
+        if deadline < self._watch_wake:
+            self._watch_early.set()
 
     async def claim(self, want: int) -> list[Claim]:
         """Claim up to ``want`` due jobs in one round trip, as arq reads them: due first, at

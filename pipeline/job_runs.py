@@ -223,7 +223,7 @@ class JobRun:
         job_id = claim.job_id
         # The job runs in this task, not one of its own as in arq: aborts and the timeout
         # watchdog cancel this task, and only while it is inside the function.
-        worker._deadlines[job_id] = worker.loop.time() + timeout_s
+        worker.deadline(job_id, timeout_s)
         worker.job_tasks[job_id] = asyncio.current_task()  # type: ignore[assignment]
         try:
             try:

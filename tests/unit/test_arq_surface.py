@@ -150,3 +150,10 @@ async def test_a_stock_worker_can_be_adopted() -> None:
     assert worker._deadlines == {} and worker.log_jobs is False  # its own state is set up
     with pytest.raises(TypeError):
         BatchWorker.adopt(worker)  # already adopted: only arq's own class is
+
+
+def test_the_batch_worker_shows_arqs_signature() -> None:
+    """arq's command and ``create_worker`` pick a settings class's options by ``Worker``'s
+    signature; with the batch worker in ``Worker``'s place they must still find them all."""
+    assert inspect.signature(PipelineWorker) == inspect.signature(Worker)
+    assert "queue_read_limit" in inspect.signature(BatchWorker).parameters
