@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -140,7 +140,7 @@ class BatchWorker(Worker):
         """Cancel the jobs that ran past their timeout; their runs record a timeout failure.
 
         It wakes at the earliest deadline (at least every ``watchdog_interval_s``), and early
-        when a job starts whose deadline comes sooner (:meth:`deadline`)."""
+        when a job starts whose deadline comes sooner (:meth:`running`)."""
         while True:
             now = self.loop.time()
             wake = now + self.watchdog_interval_s
@@ -157,12 +157,27 @@ class BatchWorker(Worker):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._watch_early.wait(), wake - now)
 
-    def deadline(self, job_id: str, timeout_s: float) -> None:
-        """Time ``job_id`` out ``timeout_s`` from now (until its run ends)."""
+    @contextlib.contextmanager
+    def running(self, job_id: str, timeout_s: float) -> Iterator[None]:
+        """While a job is inside its function: its task (the job runs in its run's task, not one
+        of its own as in arq) can be aborted, and the watchdog times it out ``timeout_s`` on."""
         deadline = self.loop.time() + timeout_s
         self._deadlines[job_id] = deadline
         if deadline < self._watch_wake:
             self._watch_early.set()
+        self.job_tasks[job_id] = asyncio.current_task()  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            del self.job_tasks[job_id]
+            self._deadlines.pop(job_id, None)
+
+    def timed_out(self, job_id: str) -> bool:
+        """Whether the watchdog cancelled ``job_id`` (the answer is taken: asked once a run)."""
+        if job_id not in self._timed_out:
+            return False
+        self._timed_out.discard(job_id)
+        return True
 
     async def claim(self, want: int) -> list[Claim]:
         """Claim up to ``want`` due jobs in one round trip, as arq reads them: due first, at

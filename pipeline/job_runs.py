@@ -46,17 +46,10 @@ class Ending:
     keep_in_progress_ms: int = 0
 
     def args(self) -> tuple[str | bytes | int, ...]:
-        """This ending's six values of the FINISH script."""
-        if self.finished:
-            return (
-                self.job_id,
-                "f",
-                0,
-                self.result_ms,
-                self.result or b"",
-                self.keep_in_progress_ms,
-            )
-        return (self.job_id, "r", self.defer_ms, 0, b"", self.keep_in_progress_ms)
+        """This ending's six values of the FINISH script (a finished job has no defer, a job
+        to run again no result)."""
+        action, keep = "f" if self.finished else "r", self.keep_in_progress_ms
+        return (self.job_id, action, self.defer_ms, self.result_ms, self.result or b"", keep)
 
 
 class Finisher:
@@ -220,17 +213,9 @@ class JobRun:
         timeout_s = worker.job_timeout_s if function.timeout_s is None else function.timeout_s
         if self.job_lines:
             self._log_start()
-        job_id = claim.job_id
-        # The job runs in this task, not one of its own as in arq: aborts and the timeout
-        # watchdog cancel this task, and only while it is inside the function.
-        worker.deadline(job_id, timeout_s)
-        worker.job_tasks[job_id] = asyncio.current_task()  # type: ignore[assignment]
         try:
-            try:
+            with worker.running(claim.job_id, timeout_s):
                 result = await function.coroutine(ctx, *self.args, **self.kwargs)
-            finally:
-                del worker.job_tasks[job_id]
-                worker._deadlines.pop(job_id, None)
             result_str = self._result_str(result) if self.job_lines else ""
         except (Exception, asyncio.CancelledError) as exc:
             ending = self._raised(function, exc, timeout_s)
@@ -247,8 +232,7 @@ class JobRun:
         """The ending of a function that raised ``exc``, decided as arq decides it."""
         worker, job_id = self.worker, self.claim.job_id
         cancelled = isinstance(exc, asyncio.CancelledError)
-        if cancelled and job_id in worker._timed_out:  # the watchdog's: a timeout, as in arq
-            worker._timed_out.discard(job_id)
+        if cancelled and worker.timed_out(job_id):  # the watchdog's: a timeout, as in arq
             self._uncancel()
             exc = TimeoutError(f"job timed out after {timeout_s} s")
             cancelled = False
