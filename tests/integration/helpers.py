@@ -14,6 +14,7 @@ from arq.worker import Worker
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pipeline.claiming import BatchWorker, Claim
 from pipeline.errors import JobFailed
 
 
@@ -105,3 +106,18 @@ async def failure(job: Any) -> JobFailed:
     with pytest.raises(JobFailed) as caught:
         await job.result(timeout=5)
     return caught.value
+
+
+def count_claims(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of jobs each claim of every batch worker took, from now on."""
+    claims: list[int] = []
+    claim = BatchWorker.claim
+
+    async def counted(self: BatchWorker, want: int) -> list[Claim]:
+        got = await claim(self, want)
+        if got:
+            claims.append(len(got))
+        return got
+
+    monkeypatch.setattr(BatchWorker, "claim", counted)
+    return claims

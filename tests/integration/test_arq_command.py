@@ -12,7 +12,7 @@ from arq.worker import Worker
 
 from pipeline.settings import Settings
 from pipeline.worker import PipelineWorker, worker_options
-from tests.integration.helpers import seed_tree
+from tests.integration.helpers import count_claims, seed_tree
 
 
 def stock_worker(settings: Settings, **overrides: Any) -> Worker:
@@ -39,15 +39,7 @@ async def enqueue(producer: ArqRedis, count: int) -> list[Job]:
 async def test_the_arq_command_claims_in_batches(
     producer: ArqRedis, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    claims: list[int] = []
-    claim = PipelineWorker.claim
-
-    async def counted(self: PipelineWorker, want: int) -> Any:
-        got = await claim(self, want)
-        claims.append(len(got))
-        return got
-
-    monkeypatch.setattr(PipelineWorker, "claim", counted)
+    claims = count_claims(monkeypatch)
     jobs = await enqueue(producer, 300)
     worker = stock_worker(settings)
     try:

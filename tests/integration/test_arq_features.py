@@ -18,11 +18,11 @@ from arq.constants import abort_jobs_ss, in_progress_key_prefix, result_key_pref
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 
-from pipeline.claiming import BatchWorker, Claim
+from pipeline.claiming import BatchWorker
 from pipeline.db import queue_redis
 from pipeline.settings import Settings
 from pipeline.worker import PipelineWorker, worker_options
-from tests.integration.helpers import seed_tree, stop_worker
+from tests.integration.helpers import count_claims, seed_tree, stop_worker
 
 
 @pytest.fixture
@@ -46,21 +46,6 @@ def batch_worker(pool: ArqRedis, settings: Settings) -> Callable[..., BatchWorke
         )
 
     return build
-
-
-def count_claims(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The number of jobs each claim of every batch worker took, from now on."""
-    claims: list[int] = []
-    claim = BatchWorker.claim
-
-    async def counted(self: BatchWorker, want: int) -> list[Claim]:
-        got = await claim(self, want)
-        if got:
-            claims.append(len(got))
-        return got
-
-    monkeypatch.setattr(BatchWorker, "claim", counted)
-    return claims
 
 
 async def _sleeps(ctx: dict[str, Any]) -> None:
