@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     shutdown_wait_s: int = Field(
         default=15, ge=1, description="On SIGTERM, how long running jobs may take to finish."
     )
+    audit_score_updates: bool = Field(
+        default=False,
+        description="Audit the pipeline's score-only node updates too (one audit_log row per "
+        "score written); other changes, and every write made outside the pipeline, are always "
+        "audited.",
+    )
     principle_cache_size: int = Field(
         default=100_000, ge=0, description="Principle scores kept in the read-side cache."
     )

@@ -26,8 +26,10 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pipeline.errors import Conflict, InvalidPayload
+from pipeline.schema.audit import ACTORS_SETTING, AUDITED, entity_id
 
 Row = tuple[Any, ...]
+_SET_ACTORS = text(f"SELECT set_config('{ACTORS_SETTING}', :actors, true)")
 Merge = Callable[[Row, Row], Row]
 P = TypeVar("P", bound=BaseModel)
 
@@ -176,7 +178,9 @@ class Target:
     A statement reports only what it did not apply, so the common case returns no rows.
     ``lock``, when set, runs first, with ``:scopes`` the batch's distinct values of the key's
     first column in order: it takes the locks that keep two batches of this target from waiting
-    on each other's rows.
+    on each other's rows. ``actors``, when set, names the columns of the audited entity's id:
+    each batch first hands the audit trigger the ``actor`` column of its rows (see
+    :mod:`pipeline.schema.audit`).
 
     ``immutable`` targets merge two rows of one key only when they are the same definition
     (``json_columns`` compared as JSON values) and raise :class:`Conflict` otherwise. Their
@@ -203,6 +207,7 @@ class Target:
     #: that was written, and the key's ``fields`` mask if one was reported). By default the row
     #: that stood in the batch's merge is the one applied; the others were superseded.
     credit: Callable[[Row, Row, int | None], bool] | None = None
+    actors: tuple[str, ...] | None = None
     statements: tuple[TextClause, ...] = field(init=False, repr=False)
     lock_clause: TextClause | None = field(init=False, repr=False)
     conflicts_clause: TextClause | None = field(init=False, repr=False)
@@ -242,6 +247,16 @@ class Target:
         if self.invalidates is not None:
             touched = operator.itemgetter(*(names.index(c) for c in self.invalidates.columns))
             object.__setattr__(self, "touched_of", touched)
+        if self.actors is not None and self.table not in AUDITED:
+            raise ValueError(f"{self.name}: actors are for audited tables only")
+
+    def actors_of(self, rows: Sequence[Row]) -> str:
+        """The audit trigger's actors setting for ``rows``: JSON of each named actor by entity."""
+        names = [name for name, _ in self.columns]
+        ids = [names.index(c) for c in self.actors or ()]
+        actor = names.index("actor")
+        named = {entity_id([row[i] for i in ids]): row[actor] for row in rows if row[actor]}
+        return json.dumps({AUDITED[self.table][0]: named})
 
     def touched(self, rows: Iterable[Row]) -> list[Row]:
         """The keys of ``rows`` that this target's invalidation is run with."""
@@ -318,6 +333,9 @@ class Target:
         if self.lock_clause is not None:
             scope = [name for name, _ in self.columns].index(self.key[0])
             await conn.execute(self.lock_clause, {"scopes": sorted({row[scope] for row in rows})})
+        if self.actors is not None:
+            # Every time, even with no actor: a batch's earlier statement may have set one.
+            await conn.execute(_SET_ACTORS, {"actors": self.actors_of(rows)})
         params = self._params(rows)
         for statement in self.statements:
             result = await conn.execute(statement, params)

@@ -7,8 +7,8 @@ Activation is last-write-wins by its version: the newest activation stands, what
 activations arrive in or however many workers run them at once. It takes three statements in one
 transaction: lock the group's rows in a fixed order (so concurrent activations queue up instead
 of missing each other's), deactivate the active checkpoint if this activation is newer, then
-activate the target if nothing newer is active. Each activation that takes effect writes an
-``audit_log`` row.
+activate the target if nothing newer is active. The audit trigger records each change of a
+checkpoint (entity ``model_checkpoint``, id ``model_name/version``) with the job's ``actor``.
 """
 
 from __future__ import annotations
@@ -111,6 +111,7 @@ ACTIVATIONS = Target(
     key=("model_name", "framework"),
     merge=newest(3),
     reports=True,
+    actors=("model_name", "version"),
     sql=(
         """
         SELECT m.id FROM model_checkpoints m
@@ -122,7 +123,7 @@ ACTIVATIONS = Target(
         # _TARGETS is a constant: no input is formatted into these statements.
         _TARGETS  # noqa: S608
         + """
-        UPDATE model_checkpoints m SET is_active = false
+        UPDATE model_checkpoints m SET is_active = false, updated_at = now()
         FROM target t
         WHERE m.model_name = t.model_name AND COALESCE(m.framework, '') = t.framework
           AND m.is_active AND m.id <> t.target_id
@@ -132,7 +133,8 @@ ACTIVATIONS = Target(
         + """,
         activated AS (
             UPDATE model_checkpoints m
-            SET is_active = true, activation_version = t.activation_version, activated_at = now()
+            SET is_active = true, activation_version = t.activation_version, activated_at = now(),
+                updated_at = now()
             FROM target t
             WHERE m.id = t.target_id AND m.activation_version < t.activation_version
               AND NOT EXISTS (
@@ -140,15 +142,7 @@ ACTIVATIONS = Target(
                   WHERE o.model_name = m.model_name
                     AND COALESCE(o.framework, '') = COALESCE(m.framework, '')
                     AND o.is_active AND o.id <> m.id)
-            RETURNING m.model_name, m.framework, m.version, m.activation_version, t.actor
-        ),
-        audited AS (
-            INSERT INTO audit_log (entity_type, entity_id, action, changes, actor)
-            SELECT 'model_checkpoint', a.model_name || '@' || a.version, 'activate',
-                   jsonb_build_object('framework', a.framework,
-                                      'activation_version', a.activation_version),
-                   a.actor
-            FROM activated a
+            RETURNING m.model_name, m.framework
         )
         SELECT 'missing', * FROM (
             SELECT model_name, framework FROM v EXCEPT SELECT model_name, framework FROM target

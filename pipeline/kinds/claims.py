@@ -1,8 +1,8 @@
 """The claim-verification domain: ``upsert_claims``, ``record_verifications``,
 ``record_consensus``.
 
-Claims and consensus decisions are last-write-wins by version and audited (``audit_log`` rows
-with the state before and after, written by the same statement). Verification results are
+Claims and consensus decisions are last-write-wins by version; the audit trigger records each
+change with the job's ``actor``. Verification results are
 append-only and immutable, insert-if-absent by ``result_id`` (a different result under an
 existing id is a conflict). A verification or decision names its claim by
 the claim's external id; it does not need the claim to exist first.
@@ -68,6 +68,7 @@ CLAIMS = Target(
     key=("external_id",),
     merge=newest(5),
     reports=True,
+    actors=("external_id",),
     sql="""
         WITH v AS (SELECT * FROM {rows}),
         written AS (
@@ -79,24 +80,7 @@ CLAIMS = Target(
                 source = EXCLUDED.source, metadata = EXCLUDED.metadata,
                 version = EXCLUDED.version, updated_at = now()
             WHERE t.version < EXCLUDED.version
-            RETURNING t.external_id, (t.xmax = 0) AS created,
-                      jsonb_build_object('content', t.content, 'claim_type', t.claim_type,
-                                         'source', t.source, 'metadata', t.metadata,
-                                         'version', t.version) AS state
-        ),
-        before AS (
-            SELECT c.external_id,
-                   jsonb_build_object('content', c.content, 'claim_type', c.claim_type,
-                                      'source', c.source, 'metadata', c.metadata,
-                                      'version', c.version) AS state
-            FROM claims c JOIN v USING (external_id)
-        ),
-        audited AS (
-            INSERT INTO audit_log (entity_type, entity_id, action, changes, actor)
-            SELECT 'claim', w.external_id, CASE WHEN w.created THEN 'create' ELSE 'update' END,
-                   jsonb_build_object('before', b.state, 'after', w.state), v.actor
-            FROM written w JOIN v USING (external_id) LEFT JOIN before b USING (external_id)
-            ORDER BY w.external_id
+            RETURNING t.external_id
         )
         SELECT 'unchanged', * FROM (
             SELECT external_id FROM v EXCEPT SELECT external_id FROM written
@@ -223,6 +207,7 @@ CONSENSUS = Target(
     key=("claim_id",),
     merge=newest(6),
     reports=True,
+    actors=("claim_id",),
     sql="""
         WITH v AS (SELECT * FROM {rows}),
         written AS (
@@ -241,28 +226,7 @@ CONSENSUS = Target(
                 decision_time_ms = EXCLUDED.decision_time_ms,
                 version = EXCLUDED.version, updated_at = now()
             WHERE t.version < EXCLUDED.version
-            RETURNING t.claim_id, (t.xmax = 0) AS created,
-                      jsonb_build_object('consensus_result', t.consensus_result,
-                                         'participating_frameworks', t.participating_frameworks,
-                                         'consensus_type', t.consensus_type,
-                                         'consensus_confidence', t.consensus_confidence,
-                                         'version', t.version) AS state
-        ),
-        before AS (
-            SELECT d.claim_id,
-                   jsonb_build_object('consensus_result', d.consensus_result,
-                                      'participating_frameworks', d.participating_frameworks,
-                                      'consensus_type', d.consensus_type,
-                                      'consensus_confidence', d.consensus_confidence,
-                                      'version', d.version) AS state
-            FROM consensus_decisions d JOIN v USING (claim_id)
-        ),
-        audited AS (
-            INSERT INTO audit_log (entity_type, entity_id, action, changes, actor)
-            SELECT 'consensus', w.claim_id, CASE WHEN w.created THEN 'create' ELSE 'update' END,
-                   jsonb_build_object('before', b.state, 'after', w.state), v.actor
-            FROM written w JOIN v USING (claim_id) LEFT JOIN before b USING (claim_id)
-            ORDER BY w.claim_id
+            RETURNING t.claim_id
         )
         SELECT 'unchanged', * FROM (
             SELECT claim_id FROM v EXCEPT SELECT claim_id FROM written

@@ -43,7 +43,7 @@ SERVICE_HEALTH = Target(
             FROM {rows}
             ON CONFLICT (service_name, instance_id) DO UPDATE
             SET status = EXCLUDED.status, last_heartbeat = EXCLUDED.last_heartbeat,
-                metadata = EXCLUDED.metadata
+                metadata = EXCLUDED.metadata, updated_at = now()
             WHERE t.last_heartbeat < EXCLUDED.last_heartbeat
             RETURNING t.service_name, t.instance_id
         )

@@ -9,8 +9,9 @@ undoes a newer update of the other. Both update kinds feed one target, so ``node
 updated by one statement per batch, under the project's node-update lock. Their items are typed
 dicts, not models: they are the busiest kinds, and pydantic validates a dict in under half the
 time of a model and keeps it in less memory. Every change deletes the cached branch statistics of
-the changed nodes' ancestors (a move: of the old ones too); every status change writes an
-``audit_log`` row (entity ``node``, id ``project_id/node_id``) in the same statement.
+the changed nodes' ancestors (a move: of the old ones too). The audit trigger records every
+change (entity ``node``, id ``project_id/node_id``, the status job's ``actor``); score-only
+updates only with ``audit_score_updates``.
 """
 
 from __future__ import annotations
@@ -273,6 +274,7 @@ NODE_UPDATES = Target(
     key=("project_id", "node_id"),
     merge=_merge_fields,
     credit=_credit,
+    actors=("project_id", "node_id"),
     reports=True,
     invalidates=BRANCH_STATS,
     # Two batches that update the same nodes must not lock them in opposite orders. An UPDATE …
@@ -282,8 +284,8 @@ NODE_UPDATES = Target(
     # (advisory, in project order), and a statement run after that sees every earlier holder's
     # commit: two batches of one project take turns, batches of different projects never meet.
     lock=NODE_LOCK,
-    # The old status, for the audit, is read by a subquery: a statement does not see its own
-    # changes; so are, for a node several jobs of the batch updated, the fields that applied.
+    # For a node several jobs of the batch updated, the fields that applied are read by a
+    # subquery: a statement does not see its own changes.
     # Rows that changed nothing are either stale or missing; only when some are is the table
     # asked which (the one-time filter skips the anti-join otherwise).
     sql="""
@@ -305,26 +307,13 @@ NODE_UPDATES = Target(
               AND (v.rubric_version > n.rubric_score_version
                    OR v.ucb_version > n.ucb_score_version
                    OR v.status_version > n.status_version)
-            RETURNING n.project_id, n.node_id, n.status, n.status_version, v.actor,
-                CASE WHEN v.status_version IS NOT NULL THEN (
-                    SELECT o.status FROM nodes o
-                    WHERE o.project_id = n.project_id AND o.node_id = n.node_id) END AS old_status,
+            RETURNING n.project_id, n.node_id,
                 CASE WHEN v.detail THEN (
                     SELECT CASE WHEN v.rubric_version > o.rubric_score_version THEN 1 ELSE 0 END
                          + CASE WHEN v.ucb_version > o.ucb_score_version THEN 2 ELSE 0 END
                          + CASE WHEN v.status_version > o.status_version THEN 4 ELSE 0 END
                     FROM nodes o
                     WHERE o.project_id = n.project_id AND o.node_id = n.node_id) END AS fields
-        ),
-        audited AS (
-            INSERT INTO audit_log (entity_type, entity_id, action, changes, actor)
-            SELECT 'node', u.project_id || '/' || u.node_id, 'status',
-                   jsonb_build_object('from', u.old_status, 'to', u.status,
-                                      'version', u.status_version),
-                   u.actor
-            FROM updated u
-            WHERE u.status <> u.old_status  -- old_status is null for score-only rows
-            ORDER BY u.project_id, u.node_id
         ),
         unapplied AS (
             SELECT project_id, node_id FROM {keys} WHERE (SELECT count(*) FROM updated) < {size}

@@ -108,7 +108,7 @@ TRAINING_USED = Target(
         ),
         marked AS (
             UPDATE training_data t
-            SET used_in_training = true, training_batch_id = l.training_batch_id
+            SET used_in_training = true, training_batch_id = l.training_batch_id, updated_at = now()
             FROM locked l
             WHERE t.id = l.id AND NOT t.used_in_training
             RETURNING t.id

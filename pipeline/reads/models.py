@@ -289,7 +289,13 @@ class EventRecord:
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    """One mutation of an audited entity."""
+    """One insert, update or delete of an audited row.
+
+    ``action`` is ``insert``, ``update`` or ``delete``; ``changes`` holds ``after`` (the row
+    inserted), ``before`` (the row deleted), or both with the changed columns only. ``actor`` is
+    who the job named, ``db_user`` and ``application`` the database role and client that made the
+    change, ``transaction_id`` the transaction (shared by every change it made).
+    """
 
     id: int
     entity_type: str
@@ -297,6 +303,9 @@ class AuditEntry:
     action: str
     changes: Mapping[str, Any] = field(hash=False)
     actor: str | None
+    db_user: str | None
+    application: str | None
+    transaction_id: int | None
     created_at: dt.datetime
 
 

@@ -31,7 +31,8 @@ def created_at() -> Mapped[dt.datetime]:
 
 
 def updated_at() -> Mapped[dt.datetime]:
-    """An ``updated_at timestamptz`` column; every update statement of the pipeline sets it."""
+    """An ``updated_at timestamptz`` column: the pipeline's updates set it, and a trigger
+    (:data:`pipeline.schema.audit.TOUCHED`) sets it for any other writer that does not."""
     return mapped_column(server_default=func.now())
 
 

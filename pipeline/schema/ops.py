@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Identity, Index, Integer, LargeBinary, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
-from pipeline.schema.base import Base, created_at
+from pipeline.schema.base import Base, created_at, updated_at
 
 
 class DeadLetter(Base):
@@ -27,12 +27,14 @@ class DeadLetter(Base):
     tries: Mapped[int] = mapped_column(Integer, server_default="1")
     first_seen_at: Mapped[dt.datetime] = created_at()
     last_seen_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[dt.datetime] = updated_at()
 
     __table_args__ = (Index("ix_dead_letters_function_last_seen", "function", "last_seen_at"),)
 
 
 class AuditLog(Base):
-    """One mutation of an audited entity, written in the transaction of the mutation."""
+    """One insert, update or delete of a row of an audited table, written by a trigger in the
+    transaction of the change (see :mod:`pipeline.schema.audit`)."""
 
     __tablename__ = "audit_log"
 
@@ -42,6 +44,9 @@ class AuditLog(Base):
     action: Mapped[str] = mapped_column(String(50))
     changes: Mapped[dict[str, Any]]
     actor: Mapped[str | None] = mapped_column(String(255))
+    db_user: Mapped[str | None] = mapped_column(Text)
+    application: Mapped[str | None] = mapped_column(Text)
+    transaction_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = created_at()
 
     __table_args__ = (

@@ -62,6 +62,7 @@ class VerificationResult(Base):
     processing_time_ms: Mapped[int | None] = mapped_column(Integer)
     model_version: Mapped[str | None] = mapped_column(String(50))
     created_at: Mapped[dt.datetime] = created_at()
+    updated_at: Mapped[dt.datetime] = updated_at()
 
     __table_args__ = (
         CheckConstraint("confidence >= 0 AND confidence <= 1", name="confidence_range"),
@@ -110,6 +111,7 @@ class TrainingData(Base):
     used_in_training: Mapped[bool] = mapped_column(server_default=text("false"))
     training_batch_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = created_at()
+    updated_at: Mapped[dt.datetime] = updated_at()
 
     __table_args__ = (
         CheckConstraint("confidence >= 0 AND confidence <= 1", name="confidence_range"),
@@ -140,6 +142,7 @@ class ModelCheckpoint(Base):
     activation_version: Mapped[int] = mapped_column(BigInteger, server_default="0")
     activated_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = created_at()
+    updated_at: Mapped[dt.datetime] = updated_at()
 
     __table_args__ = (
         UniqueConstraint("model_name", "version"),
@@ -164,6 +167,7 @@ class ServiceHealth(Base):
     last_heartbeat: Mapped[dt.datetime]
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", server_default=EMPTY_JSON)
     created_at: Mapped[dt.datetime] = created_at()
+    updated_at: Mapped[dt.datetime] = updated_at()
 
     __table_args__ = (
         Index("ix_service_health_service_heartbeat", "service_name", text("last_heartbeat DESC")),

@@ -125,17 +125,41 @@ async def test_claims_verifications_consensus_round_trip_and_audit(
     assert await scalar(engine, "SELECT count(*) FROM verification_results") == 2
     assert await scalar(engine, "SELECT consensus_type FROM consensus_decisions") == "majority"
     trail = await rows(
-        engine, "SELECT entity_type, entity_id, action, changes, actor FROM audit_log ORDER BY id"
+        engine,
+        "SELECT entity_type, entity_id, action, changes, actor, application FROM audit_log "
+        "ORDER BY id",
     )
-    assert [(t[0], t[1], t[2], t[4]) for t in trail] == [
-        ("claim", "c1", "create", "ingest"),
-        ("consensus", "c1", "create", "consensus-svc"),
-        ("claim", "c1", "update", "editor"),
-    ]
-    assert trail[0][3]["before"] is None
-    assert trail[2][3]["before"]["content"] == "Water boils at 100C"
-    assert trail[2][3]["after"]["content"] == "Water boils at 100C at sea level"
-    assert trail[2][3]["after"]["claim_type"] is None
+    # One row per row written, by the trigger; the verifications' jobs named no actor.
+    assert sorted((t[0], t[1], t[2], t[4]) for t in trail) == sorted(
+        [
+            ("claim", "c1", "insert", "ingest"),
+            ("verification", "00000000-0000-0000-0000-000000000001", "insert", None),
+            ("verification", "00000000-0000-0000-0000-000000000002", "insert", None),
+            ("consensus", "c1", "insert", "consensus-svc"),
+            ("claim", "c1", "update", "editor"),
+        ]
+    )
+    assert {t[5] for t in trail} == {"pipeline"}
+    inserted, updated = (t[3] for t in trail if t[0] == "claim")
+    assert inserted.keys() == {"after"}
+    assert inserted["after"]["content"] == "Water boils at 100C"
+    # An update holds the changed columns only, before and after.
+    assert updated == {
+        "before": {
+            "content": "Water boils at 100C",
+            "claim_type": "fact",
+            "source": "wiki",
+            "metadata": {"lang": "en"},
+            "version": 1,
+        },
+        "after": {
+            "content": "Water boils at 100C at sea level",
+            "claim_type": None,
+            "source": None,
+            "metadata": {},
+            "version": 2,
+        },
+    }
 
 
 async def test_audit_rows_commit_and_roll_back_with_their_mutation(engine: AsyncEngine) -> None:
@@ -313,5 +337,13 @@ async def test_activating_checkpoints_concurrently_leaves_the_newest_active(
         ("vision", newest["vision"][1], newest["vision"][0]),
         (None, newest[None][1], newest[None][0]),
     ]
-    audits = await rows(engine, "SELECT entity_id, actor FROM audit_log WHERE action = 'activate'")
-    assert audits and {a[1] for a in audits} == {"trainer"}
+    # Each activation that took effect is audited with its job's actor; the deactivations it
+    # caused name no actor (their rows are other checkpoints).
+    audits = await rows(
+        engine,
+        "SELECT entity_id, actor, changes->'after'->>'is_active' FROM audit_log "
+        "WHERE entity_type = 'model_checkpoint' AND action = 'update'",
+    )
+    assert {(a[1], a[2]) for a in audits} == {("trainer", "true"), (None, "false")}
+    for framework in ("vision", None):
+        assert ("m/" + newest[framework][1], "trainer", "true") in audits

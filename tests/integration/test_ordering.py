@@ -113,12 +113,13 @@ async def test_default_version_is_the_enqueue_time(
 
 
 AUDIT = """
-    SELECT entity_id, changes->>'from', changes->>'to', (changes->>'version')::int8, actor
-    FROM audit_log WHERE entity_type = 'node' AND action = 'status' ORDER BY id
+    SELECT entity_id, changes->'before'->>'status', changes->'after'->>'status',
+           (changes->'after'->>'status_version')::int8, actor
+    FROM audit_log WHERE entity_type = 'node' AND action = 'update' ORDER BY id
 """
 
 
-async def test_every_status_change_and_only_a_change_is_audited(
+async def test_every_status_update_that_applies_and_nothing_else_is_audited(
     producer: ArqRedis, run_worker: Callable[..., Any], engine: AsyncEngine
 ) -> None:
     await seed_tree(producer, "p", ["a", "b", "c"])
@@ -134,15 +135,18 @@ async def test_every_status_change_and_only_a_change_is_audited(
         await run_worker()
 
     await statuses(("a", "expanded", 5), ("b", "alive", 5), ("c", "pruned", 5), actor="judge")
-    # A score-only, a repeated, a stale or a re-run status update leaves no entry.
+    # A score-only update (unless audit_score_updates), a stale or a re-run status update
+    # leaves no entry; a newer version of the same status moves status_version, and is one.
     await producer.enqueue_job(
         "update_scores", project_id="p", scores=[{"node_id": "b", "ucb_score": 1.0, "version": 9}]
     )
     await statuses(("a", "terminal", 7), ("b", "alive", 6), ("c", "alive", 4))
     await statuses(("a", "terminal", 7))
-    assert await rows(engine, AUDIT) == [
+    assert sorted(await rows(engine, AUDIT), key=lambda r: (r[3], r[0])) == [
         ("p/a", "alive", "expanded", 5, "judge"),
+        ("p/b", None, None, 5, "judge"),
         ("p/c", "alive", "pruned", 5, "judge"),
+        ("p/b", None, None, 6, None),
         ("p/a", "expanded", "terminal", 7, None),
     ]
 
