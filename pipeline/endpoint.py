@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from pipeline import metrics
 from pipeline.gate import DatabaseGate
 from pipeline.health import readiness
+from pipeline.reads.metrics import READ_METRICS
 from pipeline.settings import Settings
 
 log = structlog.get_logger("pipeline.endpoint")
@@ -101,7 +102,8 @@ class Endpoint:
     async def _metrics(self) -> tuple[int, str, bytes]:
         if self.redis is not None:
             await metrics.sample_queue_depth(self.redis, self.settings.queue_name)
-        return 200, METRICS_CONTENT_TYPE, generate_latest(metrics.REGISTRY)
+        body = generate_latest(metrics.REGISTRY) + generate_latest(READ_METRICS)
+        return 200, METRICS_CONTENT_TYPE, body
 
     async def _ready(self) -> tuple[int, str, bytes]:
         checks = await readiness(self.settings)

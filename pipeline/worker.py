@@ -31,6 +31,7 @@ from pipeline.db import connect_queue, create_engine, queue_redis, redacted
 from pipeline.gate import DatabaseGate
 from pipeline.jobs import JobRunner, atomic_function, job_function
 from pipeline.kinds import ATOMIC, KINDS
+from pipeline.reads.metrics import POOLS
 from pipeline.serialization import JobDeserializer, serialize
 from pipeline.settings import Settings, get_settings
 
@@ -44,6 +45,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         logs.configure(settings)
     logs.bind_worker(ctx)
     engine = create_engine(settings)
+    POOLS.watch(engine, "write")
     gate = DatabaseGate(
         engine,
         probe_interval_s=settings.database_probe_interval_s,

@@ -18,6 +18,8 @@ class AuditReads(ReadRepository):
     run in the session's transaction). Nothing here writes or commits.
     """
 
+    query_prefix = "audit"
+
     async def trail(
         self, entity_type: str, entity_id: str, limit: int = 100, *, after_id: int | None = None
     ) -> list[AuditEntry]:

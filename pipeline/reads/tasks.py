@@ -55,6 +55,8 @@ class TaskReads(ReadRepository):
     writes). Nothing here writes or commits.
     """
 
+    query_prefix = "tasks"
+
     async def transcripts(self, task_id: str, phase: str | None = None) -> list[TranscriptEntry]:
         """The task's transcript, or one phase of it.
 

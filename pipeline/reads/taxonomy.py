@@ -83,6 +83,8 @@ class TaxonomyReads(ReadRepository):
     writer of the project until the caller finishes.
     """
 
+    query_prefix = "taxonomy"
+
     def __init__(
         self,
         source: Source,

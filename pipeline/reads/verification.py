@@ -45,6 +45,8 @@ class VerificationReads(ReadRepository):
     writes). Nothing here writes or commits.
     """
 
+    query_prefix = "verification"
+
     async def verifications_for_claim(self, claim_external_id: str) -> list[Verification]:
         """Every framework's verifications of the claim, oldest first (ties by result_id)."""
         rows = await self._rows(_verifications_of(claim_external_id))
