@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline import JobFailed
+from pipeline.reads import TaxonomyReads
 from pipeline.settings import Settings
 from tests.integration.helpers import Proxy, results, scalar, seed_tree, stop_worker
 
@@ -145,6 +146,22 @@ async def test_counters_and_histograms_move_by_what_the_worker_did(
     assert value(after, "pipeline_jobs_in_flight") == 0
     assert value(after, "process_resident_memory_bytes") > 0
     assert worker.jobs_complete >= 3
+
+
+async def test_the_worker_serves_its_pool_and_the_read_metrics_of_its_process(
+    running: Callable[..., Any], engine: AsyncEngine, settings: Settings
+) -> None:
+    _, port = await running()
+    before = await scrape(port)
+    await TaxonomyReads(engine).node("p", "nothing")
+    after = await scrape(port)
+    assert delta(before, after, "pipeline_read_duration_seconds_count", query="taxonomy.node") == 1
+    url = make_url(str(settings.database_url))
+    database = f"{url.host}:{url.port}/{url.database}"
+    assert value(after, "pipeline_db_pool_size", role="write", database=database) == (
+        settings.db_pool_size
+    )
+    assert value(after, "pipeline_db_pool_size", role="read", database=database) >= 1
 
 
 async def test_queue_depth_is_read_from_redis_when_scraped(
