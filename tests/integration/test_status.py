@@ -122,7 +122,8 @@ async def test_status_reports_what_redis_and_postgres_hold(
 
     counts = {t: await scalar(engine, f'SELECT count(*) FROM "{t}"') for t in status.TABLES}
     assert report["tables"] == {"counted": "exact", "rows": counts}
-    assert (counts["projects"], counts["nodes"], counts["audit_log"]) == (1, 4, 1)
+    # One audit row per row written: the project, four nodes, one status change.
+    assert (counts["projects"], counts["nodes"], counts["audit_log"]) == (1, 4, 6)
 
     [entry] = report["workers"]
     assert entry["worker_id"] == worker.ctx["worker_id"]
