@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pipeline.reads.audit import AuditReads
 from pipeline.reads.cache import PrincipleScoreCache
+from pipeline.reads.metrics import READ_METRICS
 from pipeline.reads.models import (
     AuditEntry,
     BranchStats,
@@ -32,6 +33,7 @@ from pipeline.reads.taxonomy import TaxonomyReads
 from pipeline.reads.verification import VerificationReads
 
 __all__ = [
+    "READ_METRICS",
     "AuditEntry",
     "AuditReads",
     "BranchStats",

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
@@ -145,3 +145,10 @@ def test_every_public_read_of_every_repository_is_wrapped() -> None:
                 continue
             if inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member):
                 assert getattr(member, "_pipeline_read", False), f"{repository.__name__}.{name}"
+
+
+def test_a_producer_exposes_the_read_metrics_by_registering_the_registry() -> None:
+    theirs = CollectorRegistry()
+    theirs.register(READ_METRICS)  # what the README tells a producer to do with its registry
+    names = {family.name for family in theirs.collect()}
+    assert {"pipeline_read_duration_seconds", "pipeline_db_pool_checked_out"} <= names
