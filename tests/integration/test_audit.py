@@ -18,6 +18,7 @@ from pipeline.kinds.nodes import NODE_UPDATES
 from pipeline.schema import metadata
 from pipeline.schema.audit import AUDITED, TOUCHED
 from pipeline.settings import Settings
+from tests.conftest import migrate
 from tests.integration.helpers import rows, scalar
 
 # One valid row per table that keeps an updated_at, as a manual INSERT would write it.
@@ -190,3 +191,37 @@ async def test_actors_of_a_statement_never_reach_the_next_one(engine: AsyncEngin
         "ORDER BY id",
     )
     assert actors == [("pruned", "judge"), ("alive", None)]
+
+
+async def test_the_migration_removes_the_triggers_and_columns_and_brings_them_back(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    async with engine.begin() as conn:
+        await run(conn, *SEED[:3])
+    await engine.dispose()
+    await asyncio.to_thread(migrate, database_url, "0007", down=True)
+    functions = "SELECT count(*) FROM pg_proc WHERE proname LIKE 'pipeline\\_%'"
+    triggers = "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal"
+    assert await scalar(engine, functions) == 0
+    assert await scalar(engine, triggers) == 0
+    assert (
+        await scalar(
+            engine,
+            "SELECT count(*) FROM information_schema.columns WHERE column_name IN "
+            "('db_user', 'application', 'transaction_id') OR (column_name = 'updated_at' "
+            "AND table_name IN ('training_data', 'model_checkpoints', 'service_health', "
+            "'verification_results', 'dead_letters'))",
+        )
+        == 0
+    )
+    # Rows audited under 0009 stay, in the columns 0007 knows.
+    assert await scalar(engine, "SELECT count(*) FROM audit_log") == 4
+    async with engine.begin() as conn:
+        await run(conn, "UPDATE nodes SET label = 'B' WHERE node_id = 'a'")
+    assert await scalar(engine, "SELECT count(*) FROM audit_log") == 4
+    await engine.dispose()
+    await asyncio.to_thread(migrate, database_url, "head")
+    async with engine.begin() as conn:
+        await run(conn, "UPDATE nodes SET label = 'C' WHERE node_id = 'a'")
+    assert await scalar(engine, "SELECT count(*) FROM audit_log") == 5
+    assert await scalar(engine, functions) == 2
