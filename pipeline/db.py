@@ -39,23 +39,31 @@ def create_engine(settings: Settings, *, read: bool = False) -> AsyncEngine:
     row flushes went from 130 ms to 1.5-2 s on the sixth run). Statements stay prepared.
     """
     url = settings.read_database_url if read and settings.read_database_url else None
-    server_settings = {
-        "plan_cache_mode": "force_custom_plan",
-        # The audit trigger records it, telling the pipeline's changes from anyone else's.
-        "application_name": "pipeline",
-        QUIET_SETTING: "" if settings.audit_score_updates else ",".join(SCORE_COLUMNS),
-    }
     return create_async_engine(
         async_url(url or settings.database_url),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_recycle=1800,
         connect_args={
-            "server_settings": server_settings,
+            "server_settings": server_settings(settings),
             # asyncpg waits 60 s by default: an unreachable host would outlast every job's wait.
             "timeout": settings.db_connect_timeout_s,
         },
     )
+
+
+def server_settings(settings: Settings) -> dict[str, str]:
+    """The session settings of every connection the pipeline opens to PostgreSQL."""
+    return {"plan_cache_mode": "force_custom_plan", **audit_settings(settings)}
+
+
+def audit_settings(settings: Settings) -> dict[str, str]:
+    """The session settings the audit trigger reads: who is writing, and what not to audit."""
+    return {
+        # Recorded in each audit row, telling the pipeline's changes from anyone else's.
+        "application_name": "pipeline",
+        QUIET_SETTING: "" if settings.audit_score_updates else ",".join(SCORE_COLUMNS),
+    }
 
 
 def redis_settings(

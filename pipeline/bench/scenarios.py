@@ -25,6 +25,7 @@ from pipeline.bench.harness import (
     environment,
     wait_until_up,
 )
+from pipeline.db import audit_settings
 from pipeline.settings import Settings
 
 Job = tuple[str, dict[str, Any]]
@@ -155,7 +156,10 @@ async def ceiling(
     async with environment(base, log) as env:
         await seed_nodes(env, workload.nodes)
         batches = _batches(workload, 5000)
-        conn = await asyncpg.connect(_plain(env.settings.database_url))  # type: ignore[no-untyped-call]
+        # Audited as the pipeline's writes are: the ceiling is its statements without a queue.
+        conn = await asyncpg.connect(  # type: ignore[no-untyped-call]
+            _plain(env.settings.database_url), server_settings=audit_settings(env.settings)
+        )
         try:
             started = time.perf_counter()
             for batch in batches:
