@@ -15,7 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from pipeline.schema.audit import QUIET_SETTING, SCORE_COLUMNS
+from pipeline.schema.audit import CHANGES_SETTING, QUIET_SETTING, SCORE_COLUMNS
 from pipeline.settings import Settings
 
 
@@ -30,13 +30,19 @@ def redacted(url: object) -> str:
     return make_url(str(url)).render_as_string(hide_password=True)
 
 
-def create_engine(settings: Settings, *, read: bool = False) -> AsyncEngine:
+def create_engine(
+    settings: Settings, *, read: bool = False, changes: Sequence[str] = ()
+) -> AsyncEngine:
     """An asyncpg engine sized by settings; ``read=True`` targets the replica if one is set.
 
     Every statement gets a plan for its own parameters (``plan_cache_mode=force_custom_plan``):
     the write path sends arrays whose sizes range from one row to thousands, and the generic plan
     PostgreSQL switches a prepared statement to after five runs cannot see them (measured: 5,000
     row flushes went from 130 ms to 1.5-2 s on the sixth run). Statements stay prepared.
+
+    ``changes`` (``table.column`` names) is for a writer whose updates change nothing else: the
+    audit trigger then skips the first update of each transaction that changes quiet columns
+    only without reading its rows (see :data:`pipeline.schema.audit.CHANGES_SETTING`).
     """
     url = settings.read_database_url if read and settings.read_database_url else None
     return create_async_engine(
@@ -45,25 +51,29 @@ def create_engine(settings: Settings, *, read: bool = False) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_recycle=1800,
         connect_args={
-            "server_settings": server_settings(settings),
+            "server_settings": server_settings(settings, changes),
             # asyncpg waits 60 s by default: an unreachable host would outlast every job's wait.
             "timeout": settings.db_connect_timeout_s,
         },
     )
 
 
-def server_settings(settings: Settings) -> dict[str, str]:
+def server_settings(settings: Settings, changes: Sequence[str] = ()) -> dict[str, str]:
     """The session settings of every connection the pipeline opens to PostgreSQL."""
-    return {"plan_cache_mode": "force_custom_plan", **audit_settings(settings)}
+    return {"plan_cache_mode": "force_custom_plan", **audit_settings(settings, changes)}
 
 
-def audit_settings(settings: Settings) -> dict[str, str]:
-    """The session settings the audit trigger reads: who is writing, and what not to audit."""
-    return {
+def audit_settings(settings: Settings, changes: Sequence[str] = ()) -> dict[str, str]:
+    """The session settings the audit trigger reads: who is writing, what not to audit, and
+    (``changes``) the only columns this session's updates change, if it can promise that."""
+    found = {
         # Recorded in each audit row, telling the pipeline's changes from anyone else's.
         "application_name": "pipeline",
         QUIET_SETTING: "" if settings.audit_score_updates else ",".join(SCORE_COLUMNS),
     }
+    if changes:
+        found[CHANGES_SETTING] = ",".join(changes)
+    return found
 
 
 def redis_settings(

@@ -13,13 +13,15 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from pipeline.db import create_engine, redis_settings
 from pipeline.schema import Node
+from pipeline.schema.audit import SCORE_COLUMNS
 from pipeline.serialization import deserialize, serialize
 from pipeline.settings import get_settings
 
 
 async def startup(ctx: dict[str, Any]) -> None:
     """Engine and session factory, kept in ``ctx``."""
-    ctx["engine"] = create_engine(get_settings())
+    # It updates scores only, and says so to the audit trigger, as the pipeline's score batches do.
+    ctx["engine"] = create_engine(get_settings(), changes=SCORE_COLUMNS)
     ctx["sessions"] = async_sessionmaker(ctx["engine"], expire_on_commit=False)
 
 

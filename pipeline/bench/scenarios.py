@@ -26,6 +26,7 @@ from pipeline.bench.harness import (
     wait_until_up,
 )
 from pipeline.db import audit_settings
+from pipeline.schema.audit import SCORE_COLUMNS
 from pipeline.settings import Settings
 
 Job = tuple[str, dict[str, Any]]
@@ -156,9 +157,11 @@ async def ceiling(
     async with environment(base, log) as env:
         await seed_nodes(env, workload.nodes)
         batches = _batches(workload, 5000)
-        # Audited as the pipeline's writes are: the ceiling is its statements without a queue.
+        # Audited as the pipeline's score batches are: the ceiling is their statements without
+        # a queue, and it updates scores only.
+        audit = audit_settings(env.settings, SCORE_COLUMNS)
         conn = await asyncpg.connect(  # type: ignore[no-untyped-call]
-            _plain(env.settings.database_url), server_settings=audit_settings(env.settings)
+            _plain(env.settings.database_url), server_settings=audit
         )
         try:
             started = time.perf_counter()

@@ -26,10 +26,13 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pipeline.errors import Conflict, InvalidPayload
-from pipeline.schema.audit import ACTORS_SETTING, AUDITED, entity_id
+from pipeline.schema.audit import ACTORS_SETTING, AUDITED, CHANGES_SETTING, entity_id
 
 Row = tuple[Any, ...]
-_SET_ACTORS = text(f"SELECT set_config('{ACTORS_SETTING}', :actors, true)")
+_SET_ACTORS = text(
+    f"SELECT set_config('{ACTORS_SETTING}', :actors, true), "
+    f"set_config('{CHANGES_SETTING}', :changes, true)"
+)
 Merge = Callable[[Row, Row], Row]
 P = TypeVar("P", bound=BaseModel)
 
@@ -208,6 +211,9 @@ class Target:
     #: that stood in the batch's merge is the one applied; the others were superseded.
     credit: Callable[[Row, Row, int | None], bool] | None = None
     actors: tuple[str, ...] | None = None
+    #: With ``actors``: the ``table.column`` names a batch's statement may change, when it can
+    #: tell (the audit trigger then skips an update of quiet columns only unread).
+    changes: Callable[[Sequence[Row]], Sequence[str]] | None = None
     statements: tuple[TextClause, ...] = field(init=False, repr=False)
     lock_clause: TextClause | None = field(init=False, repr=False)
     conflicts_clause: TextClause | None = field(init=False, repr=False)
@@ -249,6 +255,8 @@ class Target:
             object.__setattr__(self, "touched_of", touched)
         if self.actors is not None and self.table not in AUDITED:
             raise ValueError(f"{self.name}: actors are for audited tables only")
+        if self.changes is not None and self.actors is None:
+            raise ValueError(f"{self.name}: changes are handed over with the actors")
 
     def actors_of(self, rows: Sequence[Row]) -> str:
         """The audit trigger's actors setting for ``rows``: JSON of each named actor by entity."""
@@ -335,7 +343,8 @@ class Target:
             await conn.execute(self.lock_clause, {"scopes": sorted({row[scope] for row in rows})})
         if self.actors is not None:
             # Every time, even with no actor: a batch's earlier statement may have set one.
-            await conn.execute(_SET_ACTORS, {"actors": self.actors_of(rows)})
+            changes = ",".join(self.changes(rows)) if self.changes is not None else ""
+            await conn.execute(_SET_ACTORS, {"actors": self.actors_of(rows), "changes": changes})
         params = self._params(rows)
         for statement in self.statements:
             result = await conn.execute(statement, params)

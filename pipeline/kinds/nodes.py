@@ -16,6 +16,7 @@ updates only with ``audit_score_updates``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Literal, NotRequired
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator, with_config
@@ -23,6 +24,7 @@ from typing_extensions import TypedDict
 
 from pipeline.kinds.base import Invalidation, Row, Target, WriteKind, newest
 from pipeline.kinds.fields import STRICT, Float, JsonObject, Key, Text, Version, to_json
+from pipeline.schema.audit import SCORE_COLUMNS
 from pipeline.schema.taxonomy import branch_stats_lock_key, node_updates_lock_key
 
 Status = Literal["alive", "expanded", "pruned", "terminal", "failed"]
@@ -255,6 +257,12 @@ def _credit(row: Row, written: Row, fields: int | None) -> bool:
     return False
 
 
+def _changes(rows: Sequence[Row]) -> Sequence[str]:
+    """Score columns only, when no row of the batch carries a status (the audit's hint)."""
+    status_version = _FIELDS[2][1]
+    return SCORE_COLUMNS if all(row[status_version] is None for row in rows) else ()
+
+
 NODE_UPDATES = Target(
     name="node_updates",
     table="nodes",
@@ -275,6 +283,7 @@ NODE_UPDATES = Target(
     merge=_merge_fields,
     credit=_credit,
     actors=("project_id", "node_id"),
+    changes=_changes,
     reports=True,
     invalidates=BRANCH_STATS,
     # Two batches that update the same nodes must not lock them in opposite orders. An UPDATE …

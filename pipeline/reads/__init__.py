@@ -15,10 +15,13 @@ from pipeline.reads.models import (
     EventCursor,
     EventRecord,
     LabeledSample,
+    LoadedProject,
     Node,
     NodeAtDepth,
     Page,
     Principle,
+    Project,
+    ProjectNode,
     Rubric,
     ServiceHeartbeat,
     TrainingCursor,
@@ -28,6 +31,7 @@ from pipeline.reads.models import (
     Verification,
     VerificationCursor,
 )
+from pipeline.reads.projects import ProjectReads
 from pipeline.reads.tasks import TaskReads
 from pipeline.reads.taxonomy import TaxonomyReads
 from pipeline.reads.verification import VerificationReads
@@ -44,11 +48,15 @@ __all__ = [
     "EventCursor",
     "EventRecord",
     "LabeledSample",
+    "LoadedProject",
     "Node",
     "NodeAtDepth",
     "Page",
     "Principle",
     "PrincipleScoreCache",
+    "Project",
+    "ProjectNode",
+    "ProjectReads",
     "Rubric",
     "ServiceHeartbeat",
     "TaskReads",

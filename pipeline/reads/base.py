@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
-from sqlalchemy import Executable, RowMapping
+from sqlalchemy import Executable, RowMapping, Select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
@@ -161,6 +161,18 @@ def _streamed(read: Callable[..., Any], query: str) -> Callable[..., Any]:
 async def fetch(conn: AsyncConnection, statement: Executable) -> list[RowMapping]:
     """Every row of ``statement`` run on ``conn``, as mappings."""
     return list((await conn.execute(statement)).mappings())
+
+
+async def stream(
+    conn: AsyncConnection, statement: Select[Any], batch_size: int
+) -> AsyncIterator[RowMapping]:
+    """The rows of ``statement`` on ``conn`` through a server-side cursor, ``batch_size`` at a
+    time, so a read of any size holds one batch (``conn`` must be in a transaction, as the
+    connections of :meth:`ReadRepository._snapshot` are)."""
+    result = await conn.stream(statement.execution_options(yield_per=batch_size))
+    async for partition in result.mappings().partitions():
+        for row in partition:
+            yield row
 
 
 def check_limit(limit: int) -> None:

@@ -74,13 +74,64 @@ class Principle:
 
 @dataclass(frozen=True, slots=True)
 class Rubric:
-    """One version of a rubric with its principles, ordered by position then id."""
+    """One version of a rubric with its principles, ordered by position then id.
+
+    ``latest`` is whether it is its rubric's highest version (when it was read).
+    """
 
     project_id: str
     rubric_id: str
     version: int
     created_at: dt.datetime
     principles: tuple[Principle, ...]
+    latest: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    """A tree-search project."""
+
+    project_id: str
+    name: str
+    config: Mapping[str, Any] = field(hash=False)
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectNode:
+    """A node of a loaded project with its scores on each principle of the project's latest
+    rubric (empty when it has none, or the project no rubric)."""
+
+    node: Node
+    principle_scores: Mapping[str, float] = field(hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedProject:
+    """A project with its rubrics (every version) and its whole tree, read in one snapshot.
+
+    ``nodes`` are ordered by node_id; ``latest_rubric`` is the one their principle scores are of.
+    """
+
+    project: Project
+    rubrics: tuple[Rubric, ...]
+    latest_rubric: Rubric | None
+    nodes: tuple[ProjectNode, ...]
+
+    @property
+    def roots(self) -> tuple[ProjectNode, ...]:
+        """The nodes without a parent, by node_id."""
+        return tuple(n for n in self.nodes if n.node.parent_id is None)
+
+    def children_of(self) -> dict[str, tuple[ProjectNode, ...]]:
+        """Each node's children by node_id (leaves have no entry), built in one pass."""
+        children: dict[str, list[ProjectNode]] = {}
+        for n in self.nodes:
+            if n.node.parent_id is not None:
+                children.setdefault(n.node.parent_id, []).append(n)
+        return {parent: tuple(kids) for parent, kids in children.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +174,19 @@ class Claim:
     created_at: dt.datetime
     updated_at: dt.datetime
 
+    @property
+    def cursor(self) -> ClaimCursor:
+        """The cursor of the page of claims of its type that follows this one."""
+        return ClaimCursor(self.created_at, self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimCursor:
+    """Where a page of claims ends: the last one's (created_at, id)."""
+
+    created_at: dt.datetime
+    id: uuid.UUID
+
 
 @dataclass(frozen=True, slots=True)
 class VerificationCursor:
@@ -145,6 +209,7 @@ class Verification:
     processing_time_ms: int | None
     model_version: str | None
     created_at: dt.datetime
+    updated_at: dt.datetime
 
     @property
     def cursor(self) -> VerificationCursor:
@@ -199,6 +264,7 @@ class TrainingExample:
     used_in_training: bool
     training_batch_id: str | None
     created_at: dt.datetime
+    updated_at: dt.datetime
 
     @property
     def cursor(self) -> TrainingCursor:
@@ -221,6 +287,20 @@ class Checkpoint:
     activation_version: int
     activated_at: dt.datetime | None
     created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @property
+    def cursor(self) -> CheckpointCursor:
+        """The cursor of the page of the model's checkpoints that follows this one."""
+        return CheckpointCursor(self.created_at, self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointCursor:
+    """Where a page of a model's checkpoints ends: the last one's (created_at, id)."""
+
+    created_at: dt.datetime
+    id: uuid.UUID
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +313,20 @@ class ServiceHeartbeat:
     last_heartbeat: dt.datetime
     metadata: Mapping[str, Any] = field(hash=False)
     created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @property
+    def cursor(self) -> ServiceCursor:
+        """The cursor of the page of instances that follows this one."""
+        return ServiceCursor(self.service_name, self.instance_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceCursor:
+    """Where a page of service instances ends: the last one's (service_name, instance_id)."""
+
+    service_name: str
+    instance_id: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,11 +6,13 @@ Every read issues one statement (none for a blank search query).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import fields
 
 from sqlalchemy import (
     ColumnElement,
     Text,
+    any_,
     bindparam,
     case,
     func,
@@ -18,7 +20,7 @@ from sqlalchemy import (
     select,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import REGCONFIG
+from sqlalchemy.dialects.postgresql import ARRAY, REGCONFIG
 
 from pipeline.reads.base import ReadRepository, check_aware, check_limit, page_of
 from pipeline.reads.models import (
@@ -119,13 +121,16 @@ class TaskReads(ReadRepository):
         self,
         *,
         task_id: str | None = None,
-        event_type: str | None = None,
+        event_type: str | Sequence[str] | None = None,
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         limit: int = 100,
         after: EventCursor | None = None,
     ) -> Page[EventRecord, EventCursor]:
         """One page of events, oldest first (ties by event_id), matching every filter given.
+
+        ``event_type`` is one type or several (any of them matches; an empty sequence is a
+        ValueError, since it could match nothing).
 
         ``since`` and ``until`` bound ``occurred_at`` half-open, [since, until), and must be
         timezone-aware. Pass a page's ``next_cursor`` as ``after`` for the next page, with the
@@ -148,7 +153,7 @@ class TaskReads(ReadRepository):
 
 def _event_filters(
     task_id: str | None,
-    event_type: str | None,
+    event_type: str | Sequence[str] | None,
     since: dt.datetime | None,
     until: dt.datetime | None,
     after: EventCursor | None,
@@ -156,8 +161,14 @@ def _event_filters(
     filters: list[ColumnElement[bool]] = []
     if task_id is not None:
         filters.append(EVENTS.c.task_id == task_id)
-    if event_type is not None:
+    if isinstance(event_type, str):
         filters.append(EVENTS.c.event_type == event_type)
+    elif event_type is not None:
+        types = sorted(set(event_type))
+        if not types:
+            raise ValueError("event_type: give at least one type, or None for every type")
+        # One array parameter, so the statement is the same for any number of types.
+        filters.append(EVENTS.c.event_type == any_(bindparam("types", types, type_=ARRAY(Text()))))
     if since is not None:
         filters.append(EVENTS.c.occurred_at >= since)
     if until is not None:

@@ -25,23 +25,22 @@ from sqlalchemy import (
     literal_column,
     select,
     text,
-    tuple_,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline.reads.base import ReadRepository, Source
+from pipeline.reads.base import Source
 from pipeline.reads.cache import PrincipleScoreCache, RubricKey
 from pipeline.reads.models import (
     BranchStats,
     LabeledSample,
     Node,
     NodeAtDepth,
-    Principle,
     Rubric,
     from_row,
 )
+from pipeline.reads.projects import ProjectReads, rubrics_of, rubrics_select
 from pipeline.schema import metadata
 from pipeline.schema.taxonomy import branch_stats_lock_key
 from pipeline.settings import get_settings
@@ -66,7 +65,7 @@ _LOCK_BRANCH_STATS = text(
 ).bindparams(bindparam("project_id", type_=String))
 
 
-class TaxonomyReads(ReadRepository):
+class TaxonomyReads(ProjectReads):
     """Reads of one database's taxonomy tables, all scoped by project.
 
     ``source`` is an engine (each read checks out a connection of its own; point it at a replica
@@ -286,28 +285,8 @@ class TaxonomyReads(ReadRepository):
 
     async def rubric(self, project_id: str, rubric_id: str, version: int) -> Rubric | None:
         """A rubric version with its principles (one statement), or None if it does not exist."""
-        statement = (
-            select(RUBRICS.c.created_at, *(PRINCIPLES.c[f.name] for f in fields(Principle)))
-            .outerjoin_from(
-                RUBRICS,
-                PRINCIPLES,
-                tuple_(PRINCIPLES.c.project_id, PRINCIPLES.c.rubric_id, PRINCIPLES.c.rubric_version)
-                == tuple_(RUBRICS.c.project_id, RUBRICS.c.rubric_id, RUBRICS.c.version),
-            )
-            .where(
-                RUBRICS.c.project_id == project_id,
-                RUBRICS.c.rubric_id == rubric_id,
-                RUBRICS.c.version == version,
-            )
-            .order_by(PRINCIPLES.c.position, PRINCIPLES.c.principle_id)
-        )
-        rows = await self._rows(statement)
-        if not rows:
-            return None
-        principles = tuple(
-            from_row(Principle, row) for row in rows if row["principle_id"] is not None
-        )
-        return Rubric(project_id, rubric_id, version, rows[0]["created_at"], principles)
+        found = rubrics_of(await self._rows(rubrics_select(project_id, rubric_id, version)))
+        return found[0] if found else None
 
     async def labeled_samples(self, project_id: str, node_id: str) -> list[LabeledSample]:
         """The node's labeled samples, oldest first (ties by sample_id)."""

@@ -16,10 +16,13 @@ from sqlalchemy import ColumnElement, Interval, RowMapping, Select, bindparam, f
 from pipeline.reads.base import ReadRepository, check_limit, fetch, page_of
 from pipeline.reads.models import (
     Checkpoint,
+    CheckpointCursor,
     Claim,
+    ClaimCursor,
     ClaimWithVerifications,
     Consensus,
     Page,
+    ServiceCursor,
     ServiceHeartbeat,
     TrainingCursor,
     TrainingExample,
@@ -100,6 +103,103 @@ class VerificationReads(ReadRepository):
             verifications=tuple(from_row(Verification, row) for row in verifications),
             consensus=_consensus(consensus[0]) if consensus else None,
         )
+
+    async def claims_by_type(
+        self, claim_type: str, limit: int = 100, before: ClaimCursor | None = None
+    ) -> Page[Claim, ClaimCursor]:
+        """One page of the claims of one ``claim_type``, newest first (ties by id, descending).
+
+        Pass a page's ``next_cursor`` as ``before`` for the next, older page; keyset pagination
+        on the index ix_claims_type_recent.
+        """
+        check_limit(limit)
+        statement = (
+            select(CLAIMS)
+            .where(CLAIMS.c.claim_type == claim_type)
+            .order_by(CLAIMS.c.created_at.desc(), CLAIMS.c.id.desc())
+            .limit(limit + 1)
+        )
+        if before is not None:
+            statement = statement.where(
+                tuple_(CLAIMS.c.created_at, CLAIMS.c.id) < (before.created_at, before.id)
+            )
+        items = [from_row(Claim, row) for row in await self._rows(statement)]
+        return page_of(items, limit, lambda last: last.cursor)
+
+    async def training_batch(
+        self, training_batch_id: str, limit: int = 100, after: TrainingCursor | None = None
+    ) -> Page[TrainingExample, TrainingCursor]:
+        """One page of the examples of one training batch, oldest first (ties by id).
+
+        Pass a page's ``next_cursor`` as ``after``; keyset pagination on the index
+        ix_training_data_batch.
+        """
+        check_limit(limit)
+        statement = (
+            select(TRAINING)
+            .where(TRAINING.c.training_batch_id == training_batch_id)
+            .order_by(TRAINING.c.created_at, TRAINING.c.id)
+            .limit(limit + 1)
+        )
+        if after is not None:
+            statement = statement.where(
+                tuple_(TRAINING.c.created_at, TRAINING.c.id) > (after.created_at, after.id)
+            )
+        items = [from_row(TrainingExample, row) for row in await self._rows(statement)]
+        return page_of(items, limit, lambda last: last.cursor)
+
+    async def checkpoints(
+        self, model_name: str, limit: int = 100, before: CheckpointCursor | None = None
+    ) -> Page[Checkpoint, CheckpointCursor]:
+        """One page of every checkpoint of the model (every framework, active or not), newest
+        first (ties by id, descending); pass ``next_cursor`` as ``before`` for older ones."""
+        check_limit(limit)
+        statement = (
+            select(CHECKPOINTS)
+            .where(CHECKPOINTS.c.model_name == model_name)
+            .order_by(CHECKPOINTS.c.created_at.desc(), CHECKPOINTS.c.id.desc())
+            .limit(limit + 1)
+        )
+        if before is not None:
+            statement = statement.where(
+                tuple_(CHECKPOINTS.c.created_at, CHECKPOINTS.c.id) < (before.created_at, before.id)
+            )
+        items = [from_row(Checkpoint, row) for row in await self._rows(statement)]
+        return page_of(items, limit, lambda last: last.cursor)
+
+    async def live_services(
+        self,
+        within: dt.timedelta,
+        service_name: str | None = None,
+        *,
+        limit: int = 1000,
+        after: ServiceCursor | None = None,
+    ) -> Page[ServiceHeartbeat, ServiceCursor]:
+        """One page of the instances (of one service, or of all) whose last heartbeat is no
+        older than ``within``, by (service_name, instance_id): the complement of
+        :meth:`stale_services`, against the database's ``now()`` the same way.
+
+        Pass a page's ``next_cursor`` as ``after``; the primary key's index gives the order.
+        """
+        check_limit(limit)
+        if within < dt.timedelta(0):
+            raise ValueError("within must be >= 0")
+        cutoff = func.now() - bindparam("within", within, type_=Interval())
+        statement = (
+            select(HEALTH)
+            .where(HEALTH.c.last_heartbeat >= cutoff)
+            .order_by(HEALTH.c.service_name, HEALTH.c.instance_id)
+            .limit(limit + 1)
+        )
+        if service_name is not None:
+            statement = statement.where(HEALTH.c.service_name == service_name)
+        if after is not None:
+            statement = statement.where(
+                tuple_(HEALTH.c.service_name, HEALTH.c.instance_id)
+                > (after.service_name, after.instance_id)
+            )
+        items = [from_row(ServiceHeartbeat, row) for row in await self._rows(statement)]
+        return page_of(items, limit, lambda last: last.cursor)
 
     async def unused_training_data(
         self, framework: str, limit: int = 100, after: TrainingCursor | None = None

@@ -59,6 +59,11 @@ QUIET_SETTING = "pipeline.audit_quiet"
 (and ``updated_at``) writes no audit row. Only the pipeline's connections set it; see
 ``Settings.audit_score_updates``."""
 
+CHANGES_SETTING = "pipeline.audit_changes"
+"""A transaction-local hint, ``table.column,…``: the columns the next update of that table may
+change. When they are all quiet, the trigger skips the update without reading its rows (the
+pipeline's score batches); the trigger clears it."""
+
 SCORE_COLUMNS = (
     "nodes.rubric_score",
     "nodes.rubric_score_version",

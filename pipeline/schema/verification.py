@@ -43,7 +43,8 @@ class Claim(Base):
     updated_at: Mapped[dt.datetime] = updated_at()
 
     __table_args__ = (
-        Index("ix_claims_claim_type", "claim_type"),
+        # Claims of a type, newest first (keyset pages of claims_by_type).
+        Index("ix_claims_type_recent", "claim_type", text("created_at DESC"), text("id DESC")),
         Index("ix_claims_created_at", text("created_at DESC")),
     )
 
@@ -116,6 +117,8 @@ class TrainingData(Base):
     __table_args__ = (
         CheckConstraint("confidence >= 0 AND confidence <= 1", name="confidence_range"),
         Index("ix_training_data_framework_batch", "framework", "training_batch_id"),
+        # The rows of one batch in order, whatever their framework (keyset pages).
+        Index("ix_training_data_batch", "training_batch_id", "created_at", "id"),
         Index(
             "ix_training_data_unused",
             "framework",

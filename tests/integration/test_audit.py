@@ -225,3 +225,22 @@ async def test_the_migration_removes_the_triggers_and_columns_and_brings_them_ba
         await run(conn, "UPDATE nodes SET label = 'C' WHERE node_id = 'a'")
     assert await scalar(engine, "SELECT count(*) FROM audit_log") == 5
     assert await scalar(engine, functions) == 2
+
+
+async def test_a_score_batchs_hint_covers_its_own_statement_only(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await run(conn, *SEED[:3])
+    settings = Settings(database_url=engine.url.render_as_string(hide_password=False))
+    pipeline = create_engine(settings)
+    try:
+        async with pipeline.begin() as conn:
+            score = ("p", "a", 0.5, 1, None, None, None, None, None, False)
+            await NODE_UPDATES.write(conn, NODE_UPDATES.merged_rows([score]))
+            # The same transaction's next update of nodes is audited as any other.
+            await run(conn, "UPDATE nodes SET label = 'A2' WHERE node_id = 'a'")
+    finally:
+        await pipeline.dispose()
+    assert await rows(
+        engine,
+        "SELECT changes FROM audit_log WHERE action = 'update' AND application = 'pipeline'",
+    ) == [({"before": {"label": "A"}, "after": {"label": "A2"}},)]

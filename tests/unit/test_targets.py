@@ -108,3 +108,15 @@ def test_invalid_payloads_are_rejected_with_a_clear_message(
 ) -> None:
     with pytest.raises(ValidationError, match=message):
         BY_NAME[function].validate(payload)
+
+
+def test_no_target_follows_one_that_hands_the_audit_actors_for_its_table() -> None:
+    """The audit trigger reads a transaction-local setting that the last actor-carrying target
+    of a table set: a later statement on that table in the same batch would inherit it."""
+    unique = {id(kind.target): kind.target for kind in BY_NAME.values()}
+    targets = sorted(unique.values(), key=lambda t: t.order)
+    for i, target in enumerate(targets):
+        if target.actors is None:
+            continue
+        later = [t.name for t in targets[i + 1 :] if t.table == target.table]
+        assert later == [], f"{later} run after {target.name} on {target.table}"
