@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from pipeline import logs
-from pipeline.db import async_url
+from pipeline.db import async_url, connect_args, with_tls
 from pipeline.schema import metadata
 from pipeline.settings import Settings
 
@@ -32,7 +32,12 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    engine = create_async_engine(_url(), poolclass=NullPool)
+    settings = Settings()
+    url, tls = with_tls(async_url(_url()), settings)
+    arguments = connect_args(settings, ssl=tls)
+    # Audited as a migration, not as the pipeline's own writes.
+    arguments["server_settings"]["application_name"] = "pipeline migrate"
+    engine = create_async_engine(url, poolclass=NullPool, connect_args=arguments)
     async with engine.connect() as connection:
         await connection.run_sync(_run)
     await engine.dispose()

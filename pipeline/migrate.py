@@ -11,7 +11,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
 
-from pipeline.db import async_url, redacted
+from pipeline.db import async_url, redacted, with_tls
+from pipeline.settings import Settings
 
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 
@@ -30,8 +31,10 @@ async def ensure_database(url: str) -> bool:
     name = target.database
     if not name:
         raise ValueError(f"no database named in {redacted(url)}")
-    admin = target.set(drivername="postgresql", database="postgres")
-    conn = await asyncpg.connect(admin.render_as_string(hide_password=False))  # type: ignore[no-untyped-call]
+    admin, tls = with_tls(target.set(drivername="postgresql", database="postgres"), Settings())
+    conn = await asyncpg.connect(  # type: ignore[no-untyped-call]
+        admin.render_as_string(hide_password=False), ssl=tls, server_settings={"TimeZone": "UTC"}
+    )
     try:
         if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             return False

@@ -6,6 +6,7 @@ Defaults work against PostgreSQL and Redis on 127.0.0.1, so a developer needs no
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, PostgresDsn, RedisDsn
@@ -50,6 +51,16 @@ class Settings(BaseSettings):
         "job's commit before raising StillQueued (the job stays queued); per call: timeout=.",
     )
 
+    db_ssl_mode: Literal["disable", "prefer", "require", "verify-full"] = Field(
+        default="prefer",
+        description="TLS to PostgreSQL: disable; prefer (TLS if the server offers it); require "
+        "(encrypted, certificate not checked); verify-full (certificate checked against "
+        "db_ssl_root_cert, or the system's CAs, and the host name). A URL's sslmode= counts "
+        "when this is left at prefer.",
+    )
+    db_ssl_root_cert: Path | None = Field(
+        default=None, description="CA bundle (PEM) that verify-full checks the server against."
+    )
     db_pool_size: int = Field(default=4, ge=1, description="Connections kept in the pool.")
     db_max_overflow: int = Field(default=4, ge=0, description="Extra connections under load.")
 

@@ -46,18 +46,22 @@ def _as_postgres(command: list[str]) -> list[str]:
 
 
 class PrivatePostgres:
-    """One throwaway cluster: :meth:`start`, :meth:`stop`, :meth:`kill`, :meth:`remove`."""
+    """One throwaway cluster: :meth:`start`, :meth:`stop`, :meth:`kill`, :meth:`remove`.
 
-    def __init__(self) -> None:
+    ``config`` is appended to its postgresql.conf; ``hba``, if given, is its pg_hba.conf.
+    """
+
+    def __init__(self, config: str = "", hba: str | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="pipeline-pg-"))
         self.data = self.root / "data"
         self.port = free_port()
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres", "postgres")
         self._run([str(BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"])
-        config = CONFIG.format(port=self.port, root=self.root)
         with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write(config)
+            conf.write(CONFIG.format(port=self.port, root=self.root) + config)
+        if hba is not None:  # replaces the cluster's client authentication rules
+            (self.data / "pg_hba.conf").write_text(hba)
 
     def _run(self, command: list[str]) -> None:
         subprocess.run(_as_postgres(command), check=True, capture_output=True, timeout=120)

@@ -43,7 +43,17 @@ async def _trail(source: AsyncEngine | AsyncSession) -> Any:
     return await read_side.AuditReads(source).trail("claim", "c1")
 
 
+async def _load(source: AsyncEngine | AsyncSession) -> Any:
+    return await read_side.TaxonomyReads(source).load_project("p")
+
+
+async def _stream(source: AsyncEngine | AsyncSession) -> Any:
+    return [node async for node in read_side.TaxonomyReads(source).stream_project("p")]
+
+
 READS: dict[str, tuple[str, Read]] = {
+    "projects.load_project": ("projects.load_project", _load),
+    "projects.stream_project": ("projects.stream_project", _stream),
     "taxonomy.node": ("taxonomy.node", _node),
     "verification.claim": ("verification.claim", _claim),
     "tasks.events": ("tasks.events", _events),
@@ -86,6 +96,10 @@ async def _terminate(engine: AsyncEngine) -> int:
 async def _seed(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.execute(text("INSERT INTO claims (external_id, content) VALUES ('c1', 'x')"))
+        await conn.execute(text("INSERT INTO projects (project_id, name) VALUES ('p', 'P')"))
+        await conn.execute(
+            text("INSERT INTO nodes (project_id, node_id, label) VALUES ('p', 'n', 'N')")
+        )
 
 
 @pytest.mark.parametrize("name", sorted(READS))
