@@ -9,9 +9,20 @@ statement, except :meth:`VerificationReads.claim`, which issues at most three.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import uuid
+from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Interval, RowMapping, Select, bindparam, func, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Interval,
+    RowMapping,
+    Select,
+    Table,
+    bindparam,
+    func,
+    select,
+    tuple_,
+)
 
 from pipeline.reads.base import ReadRepository, check_limit, fetch, page_of
 from pipeline.reads.models import (
@@ -113,16 +124,7 @@ class VerificationReads(ReadRepository):
         on the index ix_claims_type_recent.
         """
         check_limit(limit)
-        statement = (
-            select(CLAIMS)
-            .where(CLAIMS.c.claim_type == claim_type)
-            .order_by(CLAIMS.c.created_at.desc(), CLAIMS.c.id.desc())
-            .limit(limit + 1)
-        )
-        if before is not None:
-            statement = statement.where(
-                tuple_(CLAIMS.c.created_at, CLAIMS.c.id) < (before.created_at, before.id)
-            )
+        statement = _by_time(CLAIMS, CLAIMS.c.claim_type == claim_type, limit, before, newest=True)
         items = [from_row(Claim, row) for row in await self._rows(statement)]
         return page_of(items, limit, lambda last: last.cursor)
 
@@ -135,16 +137,8 @@ class VerificationReads(ReadRepository):
         ix_training_data_batch.
         """
         check_limit(limit)
-        statement = (
-            select(TRAINING)
-            .where(TRAINING.c.training_batch_id == training_batch_id)
-            .order_by(TRAINING.c.created_at, TRAINING.c.id)
-            .limit(limit + 1)
-        )
-        if after is not None:
-            statement = statement.where(
-                tuple_(TRAINING.c.created_at, TRAINING.c.id) > (after.created_at, after.id)
-            )
+        batch = TRAINING.c.training_batch_id == training_batch_id
+        statement = _by_time(TRAINING, batch, limit, after, newest=False)
         items = [from_row(TrainingExample, row) for row in await self._rows(statement)]
         return page_of(items, limit, lambda last: last.cursor)
 
@@ -154,16 +148,8 @@ class VerificationReads(ReadRepository):
         """One page of every checkpoint of the model (every framework, active or not), newest
         first (ties by id, descending); pass ``next_cursor`` as ``before`` for older ones."""
         check_limit(limit)
-        statement = (
-            select(CHECKPOINTS)
-            .where(CHECKPOINTS.c.model_name == model_name)
-            .order_by(CHECKPOINTS.c.created_at.desc(), CHECKPOINTS.c.id.desc())
-            .limit(limit + 1)
-        )
-        if before is not None:
-            statement = statement.where(
-                tuple_(CHECKPOINTS.c.created_at, CHECKPOINTS.c.id) < (before.created_at, before.id)
-            )
+        model = CHECKPOINTS.c.model_name == model_name
+        statement = _by_time(CHECKPOINTS, model, limit, before, newest=True)
         items = [from_row(Checkpoint, row) for row in await self._rows(statement)]
         return page_of(items, limit, lambda last: last.cursor)
 
@@ -295,3 +281,34 @@ def _consensus(row: RowMapping) -> Consensus:
 def _active(model_name: str) -> list[ColumnElement[bool]]:
     # is_active is tested bare (no bound parameter) so it matches the unique index's predicate.
     return [CHECKPOINTS.c.model_name == model_name, CHECKPOINTS.c.is_active]
+
+
+class _TimeCursor(Protocol):
+    @property
+    def created_at(self) -> dt.datetime: ...
+    @property
+    def id(self) -> uuid.UUID: ...
+
+
+def _by_time(
+    table: Table,
+    where: ColumnElement[bool],
+    limit: int,
+    cursor: _TimeCursor | None,
+    *,
+    newest: bool,
+) -> Select[Any]:
+    """One page (plus one row) of ``table``'s rows matching ``where`` in (created_at, id) order,
+    newest or oldest first, after ``cursor``: the keyset walk of every list read by time."""
+    key = tuple_(table.c.created_at, table.c.id)
+    order = (table.c.created_at, table.c.id)
+    statement = (
+        select(table)
+        .where(where)
+        .order_by(*(column.desc() if newest else column for column in order))
+        .limit(limit + 1)
+    )
+    if cursor is None:
+        return statement
+    bound = (cursor.created_at, cursor.id)
+    return statement.where(key < bound if newest else key > bound)
