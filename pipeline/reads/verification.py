@@ -299,16 +299,15 @@ def _by_time(
     newest: bool,
 ) -> Select[Any]:
     """One page (plus one row) of ``table``'s rows matching ``where`` in (created_at, id) order,
-    newest or oldest first, after ``cursor``: the keyset walk of every list read by time."""
-    key = tuple_(table.c.created_at, table.c.id)
-    order = (table.c.created_at, table.c.id)
+    newest or oldest first, after ``cursor``: the keyset walk of the reads paged by time."""
+    columns = (table.c.created_at, table.c.id)
     statement = (
         select(table)
         .where(where)
-        .order_by(*(column.desc() if newest else column for column in order))
+        .order_by(*(column.desc() if newest else column for column in columns))
         .limit(limit + 1)
     )
     if cursor is None:
         return statement
-    bound = (cursor.created_at, cursor.id)
+    key, bound = tuple_(*columns), (cursor.created_at, cursor.id)
     return statement.where(key < bound if newest else key > bound)
