@@ -127,11 +127,13 @@ async def drained_by(
         )
 
 
+# It sets updated_at as the pipeline's own statements do (no row trigger then runs for it).
 _UNNEST = """
     INSERT INTO nodes AS t (project_id, node_id, label, ucb_score, ucb_score_version)
     SELECT 'bench', n, 'x', s, v FROM unnest($1::text[], $2::float8[], $3::int8[]) AS u(n, s, v)
     ON CONFLICT (project_id, node_id) DO UPDATE
-    SET ucb_score = EXCLUDED.ucb_score, ucb_score_version = EXCLUDED.ucb_score_version
+    SET ucb_score = EXCLUDED.ucb_score, ucb_score_version = EXCLUDED.ucb_score_version,
+        updated_at = now()
     WHERE t.ucb_score_version < EXCLUDED.ucb_score_version
 """
 
