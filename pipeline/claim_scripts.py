@@ -14,12 +14,16 @@ from arq.constants import (
     retry_key_prefix,
 )
 
-# KEYS: queue. ARGV: now (ms), how many to claim, how many queued ids to look at at most (arq's
-# queue_read_limit), in-progress timeout (ms), '1' if aborts are allowed. Due ids are read a chunk
-# at a time, so a poll that finds what it wants early (the usual case: the jobs in progress sit at
-# the front of the queue) reads little. Returns id, score, job bytes (or false when the job
-# expired), try, 1 if an abort was asked for before it started: five values a job.
+# KEYS: queue, its pause key (present: claim nothing). ARGV: now (ms), how many to claim, how many
+# queued ids to look at at most (arq's queue_read_limit), in-progress timeout (ms), '1' if aborts
+# are allowed. Due ids are read a chunk at a time, so a poll that finds what it wants early (the
+# usual case: the jobs in progress sit at the front of the queue) reads little. Returns id, score,
+# job bytes (or false when the job expired), try, 1 if an abort was asked for before it started:
+# five values a job.
 CLAIM = f"""
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {{}}
+end
 local want = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
 local aborts = ARGV[5] == '1'

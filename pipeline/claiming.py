@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from pipeline.claim_scripts import CLAIM
 from pipeline.db import close_sentinels
 from pipeline.job_runs import Finisher, JobRun
+from pipeline.pause import pause_key
 
 log = structlog.get_logger("pipeline.worker")
 
@@ -185,7 +186,7 @@ class BatchWorker(Worker):
         if self._claim_script is None:
             self._claim_script = self.pool.register_script(CLAIM)
         flat: Sequence[Any] = await self._claim_script(
-            keys=[self.queue_name],
+            keys=[self.queue_name, pause_key(self.queue_name)],
             args=[
                 timestamp_ms(),
                 want,

@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from pipeline.settings import get_settings
+from pipeline.settings import CONFIGURATION_ERRORS, get_settings, report_configuration
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -58,6 +59,7 @@ def parser() -> argparse.ArgumentParser:
         description="The write path for many producers: arq jobs coalesced into batched "
         "PostgreSQL upserts. Configure with PIPELINE_* environment variables.",
     )
+    root.add_argument("--version", action="version", version=f"pipeline {_version()}")
     commands = root.add_subparsers(dest="command", required=True)
 
     migrate = commands.add_parser(
@@ -105,18 +107,35 @@ def parser() -> argparse.ArgumentParser:
     from pipeline.cli_dead_letters import add_commands
 
     add_commands(commands)
-    from pipeline import cli_ops
+    from pipeline import cli_jobs, cli_ops
 
     cli_ops.add_commands(commands)
+    cli_jobs.add_commands(commands)
     return root
 
 
+def _version() -> str:
+    """The installed distribution's version (its metadata, as ``pip show pipeline`` has it)."""
+    try:
+        return version("pipeline")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pipeline`` console script."""
+    """Entry point of the ``pipeline`` console script.
+
+    Settings are read before anything else: a bad one ends the command with one line per bad
+    setting (never its value) and exit status 2, before any connection or log line."""
     args = parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except CONFIGURATION_ERRORS as error:
+        report_configuration(error)
+        return 2
     from pipeline import logs
 
-    logs.configure()  # before anything logs: every line in one format, JSON if asked for
+    logs.configure(settings)  # before anything logs: every line in one format, JSON if asked for
     code: int = args.run(args)
     return code
 

@@ -16,6 +16,7 @@ from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline import dead_letters
+from pipeline.cli_jobs import add_destructive_flags, held_back, known_function
 from pipeline.client import create_pool
 from pipeline.db import create_engine
 from pipeline.kinds import FUNCTION_NAMES
@@ -40,7 +41,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     actions = group.add_subparsers(dest="action", required=True)
 
     listing = actions.add_parser("list", help="the newest dead letters")
-    listing.add_argument("--function", help="only jobs of this write kind")
+    listing.add_argument("--function", type=known_function, help="only jobs of this function")
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     listing.set_defaults(run=_list)
@@ -59,12 +60,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", type=int, action="append", dest="ids", help="repeatable")
     which.add_argument("--all", action="store_true", help="every dead letter (of --function)")
-    replay.add_argument("--function", help="with --all: only jobs of this write kind")
+    replay.add_argument(
+        "--function", type=known_function, help="with --all: only jobs of this function"
+    )
+    add_destructive_flags(replay)
     replay.set_defaults(run=_replay)
 
     purge = actions.add_parser("purge", help="delete dead letters last seen before a time")
     purge.add_argument("--older-than", type=duration, required=True, help="e.g. 7d, 12h, 30m")
-    purge.add_argument("--function", help="only jobs of this write kind")
+    purge.add_argument("--function", type=known_function, help="only jobs of this function")
+    add_destructive_flags(purge)
     purge.set_defaults(run=_purge)
 
 
@@ -147,6 +152,11 @@ def _replay(args: argparse.Namespace) -> int:
             if skipped:  # as with a missing id, nothing is replayed
                 print(_only_raw(skipped))
                 return 1
+        print(f"would replay {len(letters)} dead letter(s): {_ids(letters)}")
+        question = f"replay {len(letters)} dead letter(s)?"
+        code = held_back(args, len(letters), question, "nothing replayed")
+        if code is not None:
+            return code
         redis = await create_pool()
         try:
             job_ids = await dead_letters.replay(redis, letters)
@@ -170,8 +180,20 @@ def _only_raw(ids: list[int]) -> str:
     )
 
 
+def _ids(letters: list[dead_letters.DeadLetter]) -> str:
+    shown = ", ".join(str(letter.id) for letter in letters[:20])
+    return shown + (f" and {len(letters) - 20} more" if len(letters) > 20 else "")
+
+
 def _purge(args: argparse.Namespace) -> int:
     async def work(engine: AsyncEngine) -> int:
+        doomed = await dead_letters.count_older(engine, args.older_than, function=args.function)
+        print(f"would purge {doomed} dead letter(s) last seen over {args.older_than} ago")
+        code = held_back(
+            args, doomed, f"delete {doomed} dead letter(s) for good?", "nothing purged"
+        )
+        if code is not None:
+            return code
         deleted = await dead_letters.purge(engine, args.older_than, function=args.function)
         print(f"purged {deleted} dead letter(s)")
         return 0

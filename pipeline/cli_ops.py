@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.settings import get_settings
+from pipeline.settings import CONFIGURATION_ERRORS, get_settings, report_configuration
 from pipeline.status import Status, collect
 
 STATUS_HELP = (
@@ -85,6 +85,9 @@ def _schema(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     try:
         status = asyncio.run(collect(get_settings(), exact=args.exact))
+    except CONFIGURATION_ERRORS as exc:  # one line per bad setting, as every command reports
+        report_configuration(exc)
+        return 2
     except Exception as exc:  # unreachable or unmigrated services: one line, not a traceback
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         print(f"pipeline status: {reason} (see: pipeline ready)", file=sys.stderr)
@@ -123,10 +126,21 @@ def render(status: Status, console: Console) -> None:
 def _queue(status: Status) -> Table:
     q = status.queue
     table = Table(title=f"queue {q.name}")
-    for header in ("jobs", "in progress", "due", "deferred", "oldest due job waiting"):
+    headers = ("jobs", "in progress", "due", "deferred", "retrying", "oldest due job waiting")
+    for header in headers:
         table.add_column(header, justify="right")
     oldest = "-" if q.oldest_due_age_s is None else f"{q.oldest_due_age_s:.1f} s"
-    table.add_row(str(q.jobs), str(q.in_progress), str(q.due), str(q.deferred), oldest)
+    counts = (q.jobs, q.in_progress, q.due, q.deferred, q.retrying)
+    table.add_row(*map(str, counts), oldest)
+    if status.paused is not None:
+        held = status.paused
+        why = f" ({held.reason})" if held.reason else ""
+        table.caption = (
+            f"PAUSED since {held.since.isoformat(timespec='seconds')} by {held.by}{why}: "
+            "workers take no jobs until `pipeline resume`"
+        )
+    else:
+        table.caption = "retrying: handed back at least once (see `pipeline jobs --state retrying`)"
     return table
 
 

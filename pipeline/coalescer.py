@@ -32,7 +32,7 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,7 @@ from pipeline.kinds.base import Invalidation, Prepared, Report, Row, Target
 from pipeline.outcomes import Receipt, Tally, refuse_within, settled, tally
 
 log = structlog.get_logger("pipeline.coalescer")
+RECENT_FLUSHES = 10
 
 
 Parts = list[tuple[Target, list[Row]]]
@@ -119,6 +120,8 @@ class Coalescer:
         self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0
         self.last_flush: dict[str, Any] | None = None
+        #: The last flushes' summaries, newest last (what status and the web page show).
+        self.recent_flushes: deque[dict[str, Any]] = deque(maxlen=RECENT_FLUSHES)
 
     def start(self) -> None:
         """Start the flusher tasks."""
@@ -245,6 +248,9 @@ class Coalescer:
         }
         if len(flush.batch_ids) > 1:  # split to isolate a bad job: each part has its own id
             self.last_flush["batch_ids"] = flush.batch_ids
+        if failed:  # why, by error class: each job's own reason is in its retry or dead letter
+            self.last_flush["failures"] = dict(Counter(failed))
+        self.recent_flushes.append(self.last_flush)
         log.info("batch flushed", **self.last_flush)
         metrics.flushed(self.last_flush, failed)
 

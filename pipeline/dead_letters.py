@@ -248,6 +248,15 @@ async def resolve(engine: AsyncEngine, job_id: str) -> None:
             await conn.execute(text("DELETE FROM dead_letters WHERE id = :id"), {"id": original})
 
 
+async def discard(engine: AsyncEngine, dead_letter_id: int) -> None:
+    """Delete a cancelled job's dead letter again: the job was not cancelled after all."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("DELETE FROM dead_letters WHERE id = :id AND error_class = 'Cancelled'"),
+            {"id": dead_letter_id},
+        )
+
+
 async def listing(
     engine: AsyncEngine, *, function: str | None = None, limit: int = 50
 ) -> list[DeadLetter]:
@@ -296,14 +305,27 @@ async def replay(redis: ArqRedis, letters: list[DeadLetter]) -> list[str]:
     return job_ids
 
 
+_OLDER = (
+    "FROM dead_letters WHERE last_seen_at < now() - CAST(:age AS interval) "
+    "AND (CAST(:function AS text) IS NULL OR function = :function)"
+)
+
+
+async def count_older(
+    engine: AsyncEngine, older_than: dt.timedelta, *, function: str | None = None
+) -> int:
+    """How many dead letters :func:`purge` would delete now."""
+    async with engine.connect() as conn:
+        query = text(f"SELECT count(*) {_OLDER}")
+        result = await conn.execute(query, {"age": older_than, "function": function})
+        return int(result.scalar_one())
+
+
 async def purge(
     engine: AsyncEngine, older_than: dt.timedelta, *, function: str | None = None
 ) -> int:
     """Delete dead letters last seen longer ago than ``older_than``; how many were deleted."""
-    query = text(
-        "DELETE FROM dead_letters WHERE last_seen_at < now() - CAST(:age AS interval) "
-        "AND (CAST(:function AS text) IS NULL OR function = :function)"
-    )
     async with engine.begin() as conn:
+        query = text(f"DELETE {_OLDER}")
         result = await conn.execute(query, {"age": older_than, "function": function})
         return int(result.rowcount)

@@ -1,4 +1,5 @@
-"""The worker's HTTP endpoint: ``/metrics`` for Prometheus, ``/ready`` for orchestrators.
+"""The worker's HTTP endpoint: ``/metrics`` for Prometheus, ``/ready`` for orchestrators, ``/``
+for people (:mod:`pipeline.web`).
 
 It runs on the worker's own event loop (``asyncio.start_server``), so ``/ready`` can await the
 same checks as ``pipeline ready`` and a scrape can read the queue depth from Redis; answering at
@@ -10,18 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 
 import structlog
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline import metrics
+from pipeline import metrics, web
 from pipeline.gate import DatabaseGate
 from pipeline.health import readiness
+from pipeline.pause import Pause, paused
+from pipeline.queue_metrics import QUEUE_REGISTRY, QueueSampler
 from pipeline.reads.metrics import READ_METRICS
 from pipeline.settings import Settings
 
 log = structlog.get_logger("pipeline.endpoint")
+
+#: What a worker's ``/metrics`` serves: its own metrics, the queue's side, the read side's.
+WORKER_REGISTRIES = (metrics.REGISTRY, QUEUE_REGISTRY, READ_METRICS)
 
 # The text format prometheus_client's generate_latest writes (every Prometheus version reads it).
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -39,11 +47,22 @@ class Endpoint:
     """Serves ``/metrics`` and ``/ready`` for one worker until :meth:`close`."""
 
     def __init__(
-        self, settings: Settings, redis: Redis | None, gate: DatabaseGate | None = None
+        self,
+        settings: Settings,
+        redis: Redis | None,
+        gate: DatabaseGate | None = None,
+        *,
+        sampler: QueueSampler | None = None,
+        registries: Sequence[CollectorRegistry] = WORKER_REGISTRIES,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.gate = gate
+        #: Reads the queue's side before each scrape (set once Redis is connected).
+        self.sampler = sampler
+        self.registries = registries
+        #: A worker's endpoint opened before it connected to Redis, until :meth:`attach`.
+        self.starting = False
         self.port = 0
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -52,6 +71,15 @@ class Endpoint:
         """Listen on ``host:port`` (port 0: any free port, then found in :attr:`port`)."""
         self._server = await asyncio.start_server(self._handle, host, port)
         self.port = self._server.sockets[0].getsockname()[1]
+
+    def attach(
+        self, redis: Redis | None, gate: DatabaseGate | None, engine: AsyncEngine | None
+    ) -> None:
+        """Hand an endpoint opened before its worker connected (:func:`start_before_connecting`)
+        the worker's queue, database gate and engine, once start-up has made them."""
+        self.redis, self.gate = redis, gate
+        self.sampler = sampler(self.settings, redis, engine)
+        self.starting = False
 
     async def close(self) -> None:
         """Stop listening and end the connections still open (a probe waiting on a check)."""
@@ -91,19 +119,25 @@ class Endpoint:
         except (asyncio.LimitOverrunError, UnicodeDecodeError, ValueError):
             return 400, "text/plain", b"bad request\n"
         path = target.split("?", 1)[0]
-        if path not in ("/metrics", "/ready"):
-            return 404, "text/plain", b"not found: try /metrics or /ready\n"
+        routes = {"/metrics": self._metrics, "/ready": self._ready, "/": self._page}
+        if path not in routes:
+            return 404, "text/plain", b"not found: try /, /metrics or /ready\n"
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"GET or HEAD\n"
-        answer = self._metrics() if path == "/metrics" else self._ready()
+        answer = routes[path]()
         status, content_type, body = await answer
         return status, content_type, b"" if method == "HEAD" else body
 
     async def _metrics(self) -> tuple[int, str, bytes]:
-        if self.redis is not None:
-            await metrics.sample_queue_depth(self.redis, self.settings.queue_name)
-        body = generate_latest(metrics.REGISTRY) + generate_latest(READ_METRICS)
+        if self.sampler is not None:
+            await self.sampler.sample()
+        body = b"".join(generate_latest(registry) for registry in self.registries)
         return 200, METRICS_CONTENT_TYPE, body
+
+    async def _page(self) -> tuple[int, str, bytes]:
+        engine = self.sampler.engine if self.sampler is not None else None
+        page = await web.render(self.settings.queue_name, self.redis, engine)
+        return 200, "text/html; charset=utf-8", page.encode()
 
     async def _ready(self) -> tuple[int, str, bytes]:
         checks = await readiness(self.settings)
@@ -111,25 +145,70 @@ class Endpoint:
             f"{c.service} {c.target}: {'ok' if c.error is None else f'unreachable ({c.error})'}"
             for c in checks
         ]
-        ready = all(c.error is None for c in checks)
+        ready = all(c.error is None for c in checks) and not self.starting
+        if self.starting:
+            lines.append("worker: starting (connecting to Redis), taking no jobs yet")
         if self.gate is not None and not self.gate.is_open:
             ready = False
             lines.append(
                 f"worker: holding its writes and taking no jobs since {self.gate.closed_since}, "
                 f"PostgreSQL unreachable ({self.gate.reason})"
             )
+        held = await self._paused()
+        if held is not None:
+            ready = False
+            lines.append(
+                f"worker: taking no jobs, the queue is paused since {held.since.isoformat()} by "
+                f"{held.by}{f' ({held.reason})' if held.reason else ''}: pipeline resume"
+            )
         if not ready:
             log.warning("not ready", **{c.service: c.error for c in checks if c.error})
         body = ("\n".join(lines) + "\n").encode()
         return 200 if ready else 503, "text/plain; charset=utf-8", body
 
+    async def _paused(self) -> Pause | None:
+        """The queue's pause, for a worker (the exporter consumes nothing: a pause is no
+        reason for it not to be ready); None if Redis does not say, which its check reports."""
+        if self.gate is None or self.redis is None:
+            return None
+        try:
+            async with asyncio.timeout(1.0):
+                return await paused(self.redis, self.settings.queue_name)
+        except Exception:  # Redis unreachable: its own check says so
+            return None
+
 
 async def start(
-    settings: Settings, redis: Redis | None, gate: DatabaseGate | None = None
+    settings: Settings,
+    redis: Redis | None,
+    gate: DatabaseGate | None = None,
+    engine: AsyncEngine | None = None,
 ) -> Endpoint | None:
-    """Start the endpoint if ``metrics_port`` is set (``PIPELINE_METRICS_PORT``), else None."""
+    """Start the endpoint if ``metrics_port`` is set (``PIPELINE_METRICS_PORT``), else None;
+    with ``redis``, each scrape reads the queue's side too (dead letters through ``engine``)."""
     if settings.metrics_port is None:
         return None
-    endpoint = Endpoint(settings, redis, gate)
+    endpoint = Endpoint(settings, redis, gate, sampler=sampler(settings, redis, engine))
     await endpoint.start(settings.metrics_host, settings.metrics_port)
     return endpoint
+
+
+async def start_before_connecting(settings: Settings) -> Endpoint | None:
+    """Start a worker's endpoint before it connects to Redis (if ``metrics_port`` is set), so
+    that ``/ready`` answers from the worker's first second: 503 while it starts, naming what it
+    cannot reach. :meth:`Endpoint.attach` completes it once the worker has started up."""
+    if settings.metrics_port is None:
+        return None
+    endpoint = Endpoint(settings, None)
+    endpoint.starting = True
+    await endpoint.start(settings.metrics_host, settings.metrics_port)
+    return endpoint
+
+
+def sampler(
+    settings: Settings, redis: Redis | None, engine: AsyncEngine | None
+) -> QueueSampler | None:
+    """The queue-side sampler of these settings, if there is a Redis to read."""
+    if redis is None:
+        return None
+    return QueueSampler(redis, engine, settings.queue_name, scan_limit=settings.queue_scan_limit)

@@ -86,6 +86,11 @@ class NeverFinished(PipelineError):
     worker killed or stopped, or the job timed out), so it is set aside instead of run again."""
 
 
+class Cancelled(PipelineError):
+    """An operator removed the job from the queue (``pipeline jobs cancel``); its dead letter
+    keeps the payload, so it can still be replayed."""
+
+
 class JobFailed(PipelineError):
     """A job failed in the worker; what a producer sees when it awaits the job's result.
 

@@ -13,7 +13,7 @@ from arq import Retry
 from arq.typing import WorkerCoroutine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline import atomic, dead_letters, metrics
+from pipeline import atomic, dead_letters, metrics, retries
 from pipeline.coalescer import Coalescer, Parts
 from pipeline.errors import (
     DataError,
@@ -127,6 +127,8 @@ class JobRunner:
         except DataError as exc:
             await self._dead_letter(job, exc)
             raise
+        if receipt["batch_id"] is not None:
+            metrics.committed(job.enqueue_ms)
         await self._settle_replay(job)
         return await self._with_earlier_runs(job, receipt)
 
@@ -178,6 +180,7 @@ class JobRunner:
             log.warning("retry clock not updated", job_id=job.ctx["job_id"], error=repr(exc))
             raise Retry(defer=self.clock.delay(error, 1)) from cause
         if not back.give_up:
+            _log_hand_back(job, error, back.returns, back.defer_s)
             raise Retry(defer=back.defer_s) from cause
         job.tries = back.returns
         final = _gave_up(error, back.waited_s)
@@ -279,6 +282,21 @@ class _Job:
     def __post_init__(self) -> None:
         self.tries = int(self.ctx["job_try"])
         self.enqueue_ms = round(self.ctx["enqueue_time"].timestamp() * 1000)
+
+
+def _log_hand_back(job: _Job, error: PipelineError, returns: int, defer_s: float) -> None:
+    """Say why a job goes back to the queue, the first time it does (later times at debug): an
+    outage is said once by the database gate, not by every job it holds."""
+    level = "info" if returns == 1 and retries.counts(error) else "debug"
+    getattr(log, level)(
+        "job will run again",
+        job_id=job.ctx["job_id"],
+        function=job.function,
+        error=type(error).__name__,
+        reason=str(error)[:300],
+        returns=returns,
+        defer_s=round(defer_s, 3),
+    )
 
 
 def _gave_up(error: PipelineError, waited_s: float) -> PipelineError:

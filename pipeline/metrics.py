@@ -1,8 +1,9 @@
 """Prometheus metrics of the worker: every definition in one place, each named ``pipeline_…``.
 
 The worker runs thousands of jobs a second, so the per-job path costs one increment of a cached
-label child plus a plain integer for the in-flight count. Everything else is recorded once per
-flushed batch, or read when Prometheus scrapes (in-flight jobs, queue depth). The metrics live
+label child, one observation of the enqueue-to-commit histogram, and a plain integer for the
+in-flight count. Everything else is recorded once per
+flushed batch, or read when Prometheus scrapes (in-flight jobs). The metrics live
 in their own registry (:data:`REGISTRY`, with the process collector for CPU and memory), so what
 the endpoint serves is exactly what this module defines.
 
@@ -12,7 +13,6 @@ and sum over workers. Queue depth is the same queue seen from every worker: take
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 from collections.abc import Iterable, Mapping
@@ -26,7 +26,6 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from redis.asyncio import Redis
 
 # ``*_created`` series (a timestamp per label child) double what a scrape carries and no
 # dashboard of ours reads them; this is process-wide, and the worker owns its process.
@@ -93,10 +92,11 @@ DEAD_LETTERS = Counter(
     ["kind", "reason"],
     registry=REGISTRY,
 )
-QUEUE_DEPTH = Gauge(
-    "pipeline_queue_depth",
-    "Jobs in the arq queue (due and deferred), read from Redis when scraped; NaN if Redis did "
-    "not answer.",
+ENQUEUE_TO_COMMIT = Histogram(
+    "pipeline_enqueue_to_commit_seconds",
+    "Time from a job's enqueue to the commit of its rows (waiting in the queue, retries and "
+    "the batch's transaction included).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
     registry=REGISTRY,
 )
 LAST_FLUSH = Gauge(
@@ -144,6 +144,11 @@ def job_finished(kind: str, outcome: str) -> None:
     _job_counter(kind, outcome).inc()
 
 
+def committed(enqueue_ms: int) -> None:
+    """Record how long a job took from its enqueue (Unix ms) to the commit of its rows, now."""
+    ENQUEUE_TO_COMMIT.observe(max(time.time() - enqueue_ms / 1000, 0.0))
+
+
 def dead_lettered(kind: str, reason: str) -> None:
     """Count a dead letter once it is recorded."""
     DEAD_LETTERS.labels(kind=kind, reason=reason).inc()
@@ -169,21 +174,15 @@ def flushed(summary: Mapping[str, Any], failures: Iterable[str]) -> None:
         LAST_FLUSH.set(time.time())
 
 
-async def sample_queue_depth(redis: Redis, queue_name: str, timeout_s: float = 1.0) -> None:
-    """Set the queue depth gauge from Redis (``ZCARD``), or to NaN if Redis does not answer in
-    ``timeout_s``: a scrape must not hang on Redis, and a stale depth would look healthy."""
-    try:
-        depth = await asyncio.wait_for(redis.zcard(queue_name), timeout_s)
-    except Exception:  # unreachable, timed out, or any other Redis failure: depth unknown
-        QUEUE_DEPTH.set(float("nan"))
-        return
-    QUEUE_DEPTH.set(depth)
-
-
 def metric_names() -> set[str]:
-    """Every sample name the registry exports (``_total``, ``_bucket``, ``_sum``… included)."""
+    """Every sample name the worker's endpoint exports (``_total``, ``_bucket``, ``_sum``…
+    included): its own registry's, the queue's and the read side's."""
+    from pipeline.queue_metrics import QUEUE_REGISTRY
+    from pipeline.reads.metrics import READ_METRICS
+
     names: set[str] = set()
-    for family in REGISTRY.collect():
+    families = (*REGISTRY.collect(), *QUEUE_REGISTRY.collect(), *READ_METRICS.collect())
+    for family in families:
         suffixes = {
             "counter": ("_total",),
             "histogram": ("_bucket", "_sum", "_count"),

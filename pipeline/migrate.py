@@ -1,5 +1,10 @@
 """Schema migrations: ``pipeline migrate`` runs Alembic's ``upgrade head`` (creating the database
-first if it does not exist yet, which is what a developer on a fresh machine wants)."""
+first if it does not exist yet, which is what a developer on a fresh machine wants).
+
+The migrations ship inside the package (``pipeline/migrations``) and Alembic's configuration is
+built here, so an installed package migrates with no ``alembic.ini`` and no checkout; the
+top-level ``alembic.ini`` is only for the ``alembic`` command run from a checkout.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import asyncio
 from pathlib import Path
 
 import asyncpg
+import structlog
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
@@ -14,12 +20,18 @@ from sqlalchemy.engine import make_url
 from pipeline.db import async_url, redacted, with_tls
 from pipeline.settings import Settings
 
-ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+log = structlog.get_logger("pipeline.migrate")
 
 
 def alembic_config(url: str, *, configure_logging: bool = True) -> Config:
-    """Alembic's configuration for the database at ``url``."""
-    config = Config(str(ALEMBIC_INI))
+    """Alembic's configuration for the database at ``url``: the package's migrations, the
+    pipeline's logging (``migrations/env.py``), no file read."""
+    config = Config()
+    # ConfigParser interpolates "%": a path holding one must not be read as a reference.
+    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    config.set_main_option("path_separator", "os")
     config.attributes["url"] = async_url(url).render_as_string(hide_password=False)
     config.attributes["configure_logger"] = configure_logging
     return config
@@ -49,7 +61,7 @@ def upgrade(
 ) -> None:
     """Bring the database at ``url`` to ``revision``."""
     if create and asyncio.run(ensure_database(url)):
-        print(f"created database {redacted(url)}")
+        log.info("database created", database=redacted(url))
     command.upgrade(alembic_config(url, configure_logging=configure_logging), revision)
 
 

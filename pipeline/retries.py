@@ -28,7 +28,8 @@ from pipeline.settings import Settings
 CLOCK_PREFIX = "pipeline:retry-clock:"
 
 # KEYS: arq's try counter of the job, the job's retry clock. ARGV: now (ms), the clock's expiry
-# (s), '1' if this failure counts (PostgreSQL was reachable) else '0', rows the run applied. Gives
+# (s), '1' if this failure counts (PostgreSQL was reachable) else '0', rows the run applied, the
+# failure in words (for ``pipeline jobs``). Gives
 # the run's try back, then returns the clock's counted milliseconds and how many times the job
 # was handed back.
 _HAND_BACK = """
@@ -48,7 +49,8 @@ if ARGV[3] == '1' then
 else
   last = 0
 end
-redis.call('HSET', KEYS[2], 'last', last, 'waited', waited, 'returns', returns)
+redis.call('HSET', KEYS[2], 'last', last, 'waited', waited, 'returns', returns,
+           'error', ARGV[5], 'failed_at', now)
 redis.call('HINCRBY', KEYS[2], 'applied', ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return {waited, returns}
@@ -118,6 +120,7 @@ class RetryClock:
                 self.settings.job_expiry_s,
                 "1" if counted else "0",
                 error.applied if isinstance(error, MissingReference) else 0,
+                f"{type(error).__name__}: {error}"[:500],
             ],
         )
         waited_s = int(waited_ms) / 1000

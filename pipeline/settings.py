@@ -5,12 +5,16 @@ Defaults work against PostgreSQL and Redis on 127.0.0.1, so a developer needs no
 
 from __future__ import annotations
 
+import re
+import sys
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TextIO
+from urllib.parse import parse_qs
 
-from pydantic import Field, PostgresDsn, RedisDsn
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, PostgresDsn, RedisDsn, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 
 class Settings(BaseSettings):
@@ -159,14 +163,80 @@ class Settings(BaseSettings):
         le=65535,
         description="Port of the worker's /metrics and /ready endpoint; off when unset (0: any).",
     )
+    queue_scan_limit: int = Field(
+        default=10_000,
+        ge=0,
+        description="Jobs (the oldest first) whose function each scrape reads, for the queue's "
+        "per-function gauges; those past it count under function unscanned.",
+    )
     metrics_host: str = Field(
         # Every interface: Prometheus and probes reach a container's worker from outside it.
         default="0.0.0.0",  # noqa: S104
         description="Interface the metrics endpoint listens on.",
     )
 
+    @field_validator("database_url", "read_database_url")
+    @classmethod
+    def _known_sslmode(cls, url: PostgresDsn | None) -> PostgresDsn | None:
+        """A URL's ``sslmode=`` must be one the connections understand (``pipeline.db``)."""
+        modes = parse_qs(url.query or "").get("sslmode", []) if url is not None else []
+        if any(mode not in URL_SSL_MODES for mode in modes):
+            raise ValueError("sslmode= must be disable, prefer, require or verify-full")
+        return url
+
+
+#: The ``sslmode=`` values a database URL may give: those ``pipeline.db`` connects with.
+URL_SSL_MODES = ("disable", "prefer", "require", "verify-full")
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+#: What reading the settings raises when the environment (or ``.env``) holds a bad value.
+CONFIGURATION_ERRORS = (ValidationError, SettingsError)
+
+
+def configuration_errors(error: ValidationError | SettingsError) -> list[str]:
+    """One line per bad setting, ``PIPELINE_<NAME>: <the rule it breaks>``, never its value: a
+    URL's password must not reach a terminal or a log collector."""
+    if isinstance(error, SettingsError):
+        return [_unparsed(error)]
+    problems = error.errors(include_url=False, include_input=False, include_context=False)
+    lines = [
+        f"{_variable(problem['loc'])}: {problem['msg'].removeprefix('Value error, ')}"
+        for problem in problems
+    ]
+    return list(dict.fromkeys(lines))
+
+
+def report_configuration(error: ValidationError | SettingsError, out: TextIO | None = None) -> None:
+    """Print :func:`configuration_errors`, each as ``pipeline: configuration error: …``."""
+    for line in configuration_errors(error):
+        print(f"pipeline: configuration error: {line}", file=out or sys.stderr)
+
+
+def settings_or_exit() -> Settings:
+    """:func:`get_settings`, or the report of what is wrong with them and exit status 2: for
+    what runs at import under ``arq pipeline.WorkerSettings``, where nothing else reports it."""
+    try:
+        return get_settings()
+    except CONFIGURATION_ERRORS as error:
+        report_configuration(error)
+        raise SystemExit(2) from None
+
+
+def _variable(location: Sequence[int | str]) -> str:
+    """The environment variable of a field (``[i]`` for an item of a list)."""
+    field, *inside = location
+    prefix = Settings.model_config.get("env_prefix", "")
+    return f"{prefix}{field}".upper() + "".join(f"[{part}]" for part in inside)
+
+
+def _unparsed(error: SettingsError) -> str:
+    """pydantic-settings' own error, raised when a list or JSON setting is not valid JSON."""
+    found = re.search(r'field "(\w+)"', str(error))
+    name = _variable([found.group(1)]) if found else "a setting"
+    return f'{name}: not valid JSON (lists are JSON, e.g. ["host:port"])'

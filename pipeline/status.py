@@ -27,7 +27,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, Protocol
 
 import redis.asyncio as aioredis
@@ -40,12 +40,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pipeline.client import create_pool
 from pipeline.db import close_sentinels, create_engine
 from pipeline.logs import worker_id
+from pipeline.pause import Pause, pause_key, paused
+from pipeline.retries import CLOCK_PREFIX
 from pipeline.schema import metadata
 from pipeline.settings import Settings
 
 log = structlog.get_logger("pipeline.status")
 
 WORKERS_PREFIX = "pipeline:workers:"
+INDEX_PREFIX = "pipeline:worker-index:"
 PUBLISH_INTERVAL_S = 1.0
 WORKER_TTL_S = 60
 TABLES = tuple(table.name for table in metadata.sorted_tables)
@@ -78,6 +81,8 @@ class QueueStatus(_Model):
     in_progress: int
     due: int
     deferred: int
+    #: Of the due and deferred ones, those handed back at least once (``pipeline jobs`` says why).
+    retrying: int = 0
     oldest_due_age_s: float | None
 
 
@@ -94,6 +99,7 @@ class WorkerStatus(_Model):
     seen_age_s: float = 0.0
     batches: int = 0
     last_flush: dict[str, Any] | None = None
+    recent_flushes: list[dict[str, Any]] = []
 
 
 class DeadLetterStatus(_Model):
@@ -118,6 +124,7 @@ class Status(_Model):
     workers: list[WorkerStatus]
     dead_letters: DeadLetterStatus
     tables: TableRows
+    paused: Pause | None = None
 
 
 # --- the workers' side ------------------------------------------------------------------------
@@ -134,10 +141,20 @@ class FlushSource(Protocol):
     def last_flush(self) -> Mapping[str, Any] | None:
         """The last flush's summary (its ``at``, jobs, rows, duration…), None before the first."""
 
+    @property
+    def recent_flushes(self) -> Iterable[Mapping[str, Any]]:
+        """The last few flushes' summaries, newest last."""
+
 
 def worker_key(queue_name: str, worker: str) -> str:
     """The Redis key of a worker's published entry."""
     return f"{WORKERS_PREFIX}{queue_name}:{worker}"
+
+
+def index_key(queue_name: str) -> str:
+    """The sorted set of the queue's running workers, scored by when each last published (ms):
+    counting recent workers is then one ``ZCOUNT``, not a scan of every key."""
+    return f"{INDEX_PREFIX}{queue_name}"
 
 
 async def publish(
@@ -147,11 +164,13 @@ async def publish(
     *,
     queue_name: str,
     batches: int = 0,
+    recent: Iterable[Mapping[str, Any]] = (),
     started_at: dt.datetime | None = None,
     state: Literal["running", "stopped"] = "running",
     ttl_s: int = WORKER_TTL_S,
-) -> None:
-    """Write a worker's entry (JSON) under :func:`worker_key`, expiring after ``ttl_s``."""
+) -> bool:
+    """Write a worker's entry (JSON) under :func:`worker_key`, expiring after ``ttl_s``; whether
+    the queue is paused (read in the same round trip)."""
     entry = {
         "worker_id": worker,
         "state": state,
@@ -161,8 +180,20 @@ async def publish(
         "seen_at": dt.datetime.now(dt.UTC).isoformat(),
         "batches": batches,
         "last_flush": dict(last_flush) if last_flush is not None else None,
+        "recent_flushes": [dict(flush) for flush in recent],
     }
-    await redis.set(worker_key(queue_name, worker), json.dumps(entry, default=str), ex=ttl_s)
+    now_ms = int(time.time() * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(worker_key(queue_name, worker), json.dumps(entry, default=str), ex=ttl_s)
+        if state == "running":
+            pipe.zadd(index_key(queue_name), {worker: now_ms})
+        else:
+            pipe.zrem(index_key(queue_name), worker)
+        pipe.zremrangebyscore(index_key(queue_name), "-inf", now_ms - ttl_s * 1000)
+        pipe.expire(index_key(queue_name), ttl_s)
+        pipe.exists(pause_key(queue_name))
+        *_, paused = await pipe.execute()
+    return bool(paused)
 
 
 class Publisher:
@@ -189,6 +220,13 @@ class Publisher:
         self._started_at = dt.datetime.now(dt.UTC)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: Whether the queue was paused when last published; listeners hear each change.
+        self.paused = False
+        self._listeners: list[Callable[[bool], None]] = []
+
+    def on_pause(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(paused)`` whenever the queue's pause is seen set or lifted."""
+        self._listeners.append(listener)
 
     def start(self) -> None:
         """Start publishing."""
@@ -206,17 +244,24 @@ class Publisher:
 
     async def _publish(self, state: Literal["running", "stopped"]) -> None:
         try:
-            await publish(
+            paused = await publish(
                 self._redis,
                 self.worker,
                 self._source.last_flush,
                 queue_name=self._queue_name,
                 batches=self._source.batches,
+                recent=self._source.recent_flushes,
                 started_at=self._started_at,
                 state=state,
             )
         except Exception as exc:  # status is best effort; it must never disturb the worker
             log.warning("publishing the worker's status failed", error=repr(exc))
+            return
+        if paused != self.paused:
+            self.paused = paused
+            log.warning("queue paused: taking no jobs" if paused else "queue resumed")
+            for listener in self._listeners:
+                listener(paused)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
@@ -232,13 +277,17 @@ def _glob_escape(value: str) -> str:
     return re.sub(r"([\\*?\[\]])", r"\\\1", value)
 
 
-async def _in_progress_ids(redis: aioredis.Redis) -> list[bytes]:
+async def in_progress_ids(redis: aioredis.Redis) -> list[bytes]:
     """Job ids of every queue in progress. SCAN walks the whole Redis database (arq's job and
     result keys too), 1,000 keys a step, without blocking it; arq keeps no count to read instead.
     """
-    prefix = in_progress_key_prefix.encode()
-    keys = [key async for key in redis.scan_iter(match=f"{in_progress_key_prefix}*", count=1000)]
-    return [key[len(prefix) :] for key in keys]
+    return await _ids_with_prefix(redis, in_progress_key_prefix)
+
+
+async def _ids_with_prefix(redis: aioredis.Redis, prefix: str) -> list[bytes]:
+    """The job ids of the keys named ``<prefix><job id>``, found with SCAN."""
+    keys = [key async for key in redis.scan_iter(match=f"{_glob_escape(prefix)}*", count=1000)]
+    return [key[len(prefix.encode()) :] for key in keys]
 
 
 async def queue_status(
@@ -247,17 +296,24 @@ async def queue_status(
     """Counts of the queue's jobs, read in one transaction after scanning the in-progress keys
     (a job claimed after the scan counts as due; one finished after it is gone from both)."""
     now = now_ms if now_ms is not None else int(time.time() * 1000)
-    running_ids = await _in_progress_ids(redis)
+    running_ids = await in_progress_ids(redis)
+    clock_ids = await _ids_with_prefix(redis, CLOCK_PREFIX)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.zcard(queue_name)
         pipe.zcount(queue_name, "-inf", now)
         pipe.zrange(queue_name, 0, len(running_ids), withscores=True)
-        for job_id in running_ids:
+        for job_id in (*running_ids, *clock_ids):
             pipe.zscore(queue_name, job_id)
-        jobs, due_or_running, lowest, *scores = await pipe.execute()
+        jobs, due_or_running, lowest, *found = await pipe.execute()
+    scores, clocked = found[: len(running_ids)], found[len(running_ids) :]
     running = {
         job_id for job_id, score in zip(running_ids, scores, strict=True) if score is not None
     }
+    retrying = sum(
+        1
+        for job_id, score in zip(clock_ids, clocked, strict=True)
+        if score is not None and job_id not in running
+    )
     running_due = sum(1 for score in scores if score is not None and score <= now)
     oldest = next((score for job_id, score in lowest if job_id not in running), None)
     return QueueStatus(
@@ -266,6 +322,7 @@ async def queue_status(
         in_progress=len(running),
         due=due_or_running - running_due,
         deferred=jobs - due_or_running - (len(running) - running_due),
+        retrying=retrying,
         oldest_due_age_s=None if oldest is None or oldest > now else (now - oldest) / 1000,
     )
 
@@ -322,13 +379,16 @@ async def collect(settings: Settings, *, exact: bool = False) -> Status:
     try:
         queue = await queue_status(redis, settings.queue_name)
         seen = await workers(redis, settings.queue_name)
+        held = await paused(redis, settings.queue_name)
         letters = await dead_letter_counts(engine)
         tables = await table_rows(engine, exact=exact)
     finally:
         await redis.aclose()
         await close_sentinels(redis)
         await engine.dispose()
-    return Status(at=at, queue=queue, workers=seen, dead_letters=letters, tables=tables)
+    return Status(
+        at=at, queue=queue, workers=seen, dead_letters=letters, tables=tables, paused=held
+    )
 
 
 def start_publishing(ctx: dict[str, Any], queue_name: str, source: FlushSource) -> None:

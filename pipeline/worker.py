@@ -15,14 +15,19 @@ ends the process. Both kinds of worker can share one queue.
 
 from __future__ import annotations
 
+import copy
 import gc
 import sys
+from collections.abc import Awaitable, Callable
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from arq import func
 from arq.worker import Function, Worker
+from redis.asyncio.retry import Retry
+from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline import endpoint, logs, status, undeliverable
 from pipeline.claiming import BatchWorker
@@ -33,9 +38,12 @@ from pipeline.jobs import JobRunner, atomic_function, job_function
 from pipeline.kinds import ATOMIC, KINDS
 from pipeline.reads.metrics import POOLS
 from pipeline.serialization import JobDeserializer, serialize
-from pipeline.settings import Settings, get_settings
+from pipeline.settings import Settings, get_settings, settings_or_exit
 
 log = structlog.get_logger("pipeline.worker")
+T = TypeVar("T")
+#: ``ctx`` key of the endpoint opened before the worker connected (None: none), for one run.
+EARLY_ENDPOINT = "early_endpoint"
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -66,8 +74,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     # of the cyclic garbage collector, whose full passes over it were the latency tail (p99 at
     # 500 jobs/s: 33-37 ms without, 12 ms with, in the same minute).
     gc.freeze()
-    ctx["endpoint"] = await endpoint.start(settings, ctx.get("redis"), gate)
-    _claim_in_batches(settings, gate)
+    ctx["endpoint"] = await _endpoint(ctx, settings, gate, engine)
+    _claim_in_batches(settings, gate, ctx.get("status_publisher"))
     log.info(
         "worker started",
         metrics_port=ctx["endpoint"].port if ctx["endpoint"] else None,
@@ -79,24 +87,88 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
 
 
-def _claim_in_batches(settings: Settings, gate: DatabaseGate) -> None:
+async def open_endpoint(ctx: dict[str, Any]) -> None:
+    """Open the worker's endpoint before it connects to Redis (once per run), so that
+    ``/ready`` answers 503, naming what is unreachable, while Redis is down at start-up;
+    start-up hands it the queue, the database gate and the engine (:func:`_endpoint`)."""
+    if EARLY_ENDPOINT in ctx:
+        return
+    settings: Settings = ctx.get("settings") or get_settings()
+    logs.bind_worker(ctx)  # the endpoint's lines carry the worker's id from the first
+    ctx[EARLY_ENDPOINT] = await endpoint.start_before_connecting(settings)
+
+
+async def _endpoint(
+    ctx: dict[str, Any], settings: Settings, gate: DatabaseGate, engine: AsyncEngine
+) -> endpoint.Endpoint | None:
+    """The endpoint opened before Redis answered, given the queue, gate and engine now; or a
+    new one if none was opened."""
+    early: endpoint.Endpoint | None = ctx.get(EARLY_ENDPOINT)
+    if early is None:
+        return await endpoint.start(settings, ctx.get("redis"), gate, engine)
+    early.attach(ctx.get("redis"), gate, engine)
+    return early
+
+
+class _EndpointFirst(Retry):
+    """The retry policy of the worker's Redis connections (the settings' own), which first opens
+    the endpoint (:func:`open_endpoint`).
+
+    ``arq pipeline.WorkerSettings`` builds a stock arq ``Worker``, which connects to Redis in
+    ``Worker.main``, retrying for seconds while Redis is down, before it runs ``on_startup``: its
+    first connection attempt is the first code of the pipeline's it runs. Only inside a worker's
+    ``main`` does this open anything (``arq --check`` connects with these settings too); the
+    copies redis-py makes, one per connection, share the worker's ``ctx``.
+    """
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, retry: Retry, ctx: dict[str, Any]) -> None:
+        super().__init__(retry._backoff, retry._retries, retry._supported_errors)
+        self._ctx = ctx
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _EndpointFirst:
+        twin = copy.copy(self)  # the same ctx
+        twin._backoff = copy.deepcopy(self._backoff, memo)
+        return twin
+
+    async def call_with_retry(
+        self, do: Callable[[], Awaitable[T]], fail: Callable[[RedisError], Any]
+    ) -> T:
+        """Open the endpoint if a worker is starting and has none yet, then ``Retry``'s own."""
+        if EARLY_ENDPOINT not in self._ctx and _running_worker() is not None:
+            try:
+                await open_endpoint(self._ctx)
+            except OSError:  # the port is taken: start-up tries again and says so, not Redis
+                self._ctx[EARLY_ENDPOINT] = None
+        return await super().call_with_retry(do, fail)
+
+
+def _claim_in_batches(
+    settings: Settings, gate: DatabaseGate, publisher: status.Publisher | None
+) -> None:
     """Make the stock arq worker running this start-up (``arq pipeline.WorkerSettings``) a
     :class:`PipelineWorker` from its next poll on; with ``batch_claims`` off, have it at least
-    take no job while PostgreSQL is unreachable."""
+    take no job while PostgreSQL is unreachable or the queue is paused (seen when the worker
+    publishes its status, every second; batch claims see a pause in their claim script)."""
     worker = _running_worker()
     if worker is None or isinstance(worker, BatchWorker):
         return
     if settings.batch_claims:
         PipelineWorker.adopt(worker)
         return
-    # Stock claims stop at max_jobs: 0 while the gate is closed (SIGTERM's own stop,
-    # allow_pick_jobs, is left alone).
+    # Stock claims stop at max_jobs: 0 while held (SIGTERM's own stop, allow_pick_jobs, is left
+    # alone).
     limit = worker.max_jobs
+    held = {"gate": not gate.is_open, "paused": False}
 
-    def follow(is_open: bool) -> None:
-        worker.max_jobs = limit if is_open else 0
+    def hold(reason: str, on: bool) -> None:
+        held[reason] = on
+        worker.max_jobs = 0 if any(held.values()) else limit
 
-    gate.on_change(follow)
+    gate.on_change(lambda is_open: hold("gate", not is_open))
+    if publisher is not None:
+        publisher.on_pause(lambda paused: hold("paused", paused))
 
 
 def _running_worker() -> Worker | None:
@@ -114,6 +186,7 @@ def _running_worker() -> Worker | None:
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     """arq ``on_shutdown``: stop the endpoint, flush what is held, then close the engine."""
+    ctx.pop(EARLY_ENDPOINT, None)  # a worker run again opens its endpoint again
     if ctx.get("endpoint") is not None:
         await ctx["endpoint"].close()
     runner: JobRunner | None = ctx.get("pipeline")
@@ -142,11 +215,15 @@ def functions(settings: Settings) -> list[Function]:
 def worker_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments of ``arq.Worker`` for these settings (tests build workers from this)."""
     jobs = functions(settings)
+    ctx: dict[str, Any] = {"settings": settings}
+    redis = queue_redis(settings)
+    if settings.metrics_port is not None and redis.retry is not None:
+        redis.retry = _EndpointFirst(redis.retry, ctx)
     return {
         "functions": jobs,
         "on_startup": startup,
         "on_shutdown": shutdown,
-        "redis_settings": queue_redis(settings),
+        "redis_settings": redis,
         "queue_name": settings.queue_name,
         "max_jobs": settings.max_jobs,
         "job_timeout": settings.job_timeout_s,
@@ -157,7 +234,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "job_serializer": serialize,
         "job_deserializer": JobDeserializer(settings.job_max_bytes, [f.name for f in jobs]),
         "log_results": False,
-        "ctx": {"settings": settings},
+        "ctx": ctx,
     }
 
 
@@ -167,7 +244,8 @@ WorkerSettings = type(
     {
         "__doc__": "What ``arq pipeline.WorkerSettings`` runs, configured by PIPELINE_* variables.",
         "__module__": __name__,
-        **worker_options(get_settings()),
+        # A bad setting ends arq's command here, reported one line each, no value shown.
+        **worker_options(settings_or_exit()),
     },
 )
 
@@ -196,7 +274,9 @@ class PipelineWorker(BatchWorker):
         return runner.coalescer.pending_rows >= 2 * runner.settings.batch_max_rows
 
     async def main(self) -> None:
-        """Connect as :func:`pipeline.db.connect_queue` does (retries through Sentinel too)."""
+        """Open the endpoint (:func:`open_endpoint`), then connect as
+        :func:`pipeline.db.connect_queue` does (retries through Sentinel too)."""
+        await open_endpoint(self.ctx)
         if self._pool is None and self.redis_settings is not None:
             self._pool = await connect_queue(
                 self.redis_settings,

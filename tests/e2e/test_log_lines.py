@@ -3,18 +3,23 @@ under both commands (started, given a job, stopped), ``pipeline migrate`` and th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from arq.connections import ArqRedis
+from sqlalchemy.engine import make_url
 
+from pipeline.db import redacted
 from pipeline.settings import Settings
+from tests.conftest import _admin
 from tests.e2e.conftest import WorkerProcess
 from tests.integration.helpers import seed_tree
 
@@ -75,3 +80,32 @@ def test_migrate_and_the_other_commands_log_json(settings: Settings) -> None:
         output = stderr_of(*command)
         if output.strip():
             json_lines(output)
+
+
+def test_migrate_creating_its_database_writes_json_only(settings: Settings, tmp_path: Path) -> None:
+    """The database's creation and Alembic's lines are JSON, nothing goes to stdout, and
+    ``PIPELINE_LOG_FORMAT`` counts from a ``.env`` file as from the environment."""
+    name = f"pipeline_test_created_{uuid.uuid4().hex[:10]}"
+    url = make_url(str(settings.database_url)).set(database=name)
+    (tmp_path / ".env").write_text("PIPELINE_LOG_FORMAT=json\nPIPELINE_LOG_LEVEL=INFO\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    env["PIPELINE_DATABASE_URL"] = url.render_as_string(hide_password=False)
+    try:
+        done = subprocess.run(
+            [PIPELINE, "migrate"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == ""
+        lines = json_lines(done.stderr)
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    created = [line for line in lines if line["event"] == "database created"]
+    assert [line["database"] for line in created] == [redacted(url)]
+    assert any(str(line.get("logger", "")).startswith("alembic") for line in lines), lines
+    assert any("Running upgrade" in str(line["event"]) for line in lines), lines

@@ -47,11 +47,32 @@ def compose() -> dict[str, Any]:
     return loaded
 
 
+def dockerfile() -> dict[str, list[str]]:
+    """The Dockerfile's instructions, each one's arguments as written (continuations joined)."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            instruction, _, rest = line.strip().partition(" ")
+            found.setdefault(instruction.upper(), []).append(rest.strip())
+    return found
+
+
+def argv(service: dict[str, Any]) -> list[str]:
+    """What a compose service built from the Dockerfile runs: its entrypoint (the image's,
+    unless overridden) followed by its command (the image's CMD, unless given)."""
+    image = dockerfile()
+    entrypoint = service.get("entrypoint", json.loads(image["ENTRYPOINT"][-1]))
+    command = service.get("command", json.loads(image["CMD"][-1]))
+    return [*entrypoint, *command]
+
+
 def metric_names_in(expr: str) -> set[str]:
     """The metric names a PromQL expression reads (functions, labels, keywords left out)."""
     expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values
     expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
     expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges and subqueries
+    expr = re.sub(r"\boffset\s+-?[0-9a-z]+", "", expr)  # `offset 15m`
     expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
     expr = re.sub(r"\$\w+", "", expr)  # Grafana variables such as $__rate_interval
     names = set()
@@ -81,9 +102,14 @@ def test_the_metric_name_parser() -> None:
     expr = (
         'histogram_quantile(0.95, sum by (le) (rate(pipeline_batch_rows_bucket{job="x"}'
         "[$__rate_interval]))) / on (instance) time() - max(pipeline_queue_depth[5m:1m]) "
-        "and up == 0"
+        "and up == 0 or max by (reason) (pipeline_paused offset 15m) * 0"
     )
-    assert metric_names_in(expr) == {"pipeline_batch_rows_bucket", "pipeline_queue_depth", "up"}
+    assert metric_names_in(expr) == {
+        "pipeline_batch_rows_bucket",
+        "pipeline_queue_depth",
+        "up",
+        "pipeline_paused",
+    }
 
 
 def test_every_metric_a_dashboard_or_alert_reads_is_exported() -> None:
@@ -131,7 +157,7 @@ def test_compose_keeps_its_healthchecks_aof_and_migration(compose: dict[str, Any
     assert services["redis"]["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
     command = services["redis"]["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
-    assert services["migrate"]["command"][:2] == ["pipeline", "migrate"]
+    assert argv(services["migrate"])[:2] == ["pipeline", "migrate"]
     worker = services["worker"]
     assert worker["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
     assert "/ready" in " ".join(worker["healthcheck"]["test"])
@@ -147,7 +173,8 @@ def test_workers_scale_and_serve_the_port_prometheus_scrapes(compose: dict[str, 
     assert f":{port}/ready" in " ".join(worker["healthcheck"]["test"])
 
     prometheus = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
-    (job,) = prometheus["scrape_configs"]
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    job = jobs["pipeline-worker"]
     (discovery,) = job["dns_sd_configs"]
     assert discovery["names"] == ["worker"] and discovery["port"] == port
     assert job.get("metrics_path", "/metrics") == "/metrics"
@@ -182,7 +209,7 @@ ARQ_COMMAND = ["arq", "pipeline.WorkerSettings", "--custom-log-dict", "pipeline.
 
 def test_every_deployment_runs_arqs_command_with_the_log_dict(compose: dict[str, Any]) -> None:
     """The deployment command users were promised; the log dict makes its first lines JSON."""
-    assert compose["services"]["worker"]["command"] == ARQ_COMMAND
+    assert argv(compose["services"]["worker"]) == ARQ_COMMAND
     procfile = dict(
         line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line
     )
@@ -190,3 +217,74 @@ def test_every_deployment_runs_arqs_command_with_the_log_dict(compose: dict[str,
     assert " ".join(ARQ_COMMAND) in (ROOT / "README.md").read_text()
     module, _, name = ARQ_COMMAND[-1].rpartition(".")
     assert isinstance(getattr(importlib.import_module(module), name), dict)
+
+
+def test_the_image_installs_the_package_and_runs_the_pipeline_command(
+    compose: dict[str, Any],
+) -> None:
+    image = dockerfile()
+    (install,) = [run for run in image["RUN"] if "pip install" in run]
+    assert "pip install --no-cache-dir ." in install and " -e" not in install
+    assert json.loads(image["ENTRYPOINT"][-1]) == ["pipeline"]
+    assert json.loads(image["CMD"][-1]) == ["worker"]
+    assert image["USER"][-1] == "nobody"
+    (env,) = image["ENV"]
+    name, _, port = env.partition("=")
+    assert name == "PIPELINE_METRICS_PORT" and image["EXPOSE"] == [port]
+    assert compose["services"]["worker"]["environment"]["PIPELINE_METRICS_PORT"] == port
+    (healthcheck,) = image["HEALTHCHECK"]
+    probe = json.loads(healthcheck[healthcheck.index("CMD") + 3 :])
+    assert probe[:2] == ["python", "-c"] and "/ready" in probe[2] and "urlopen" in probe[2]
+    assert "PIPELINE_METRICS_PORT" in probe[2]  # the port the worker listens on, whatever it is
+
+
+def test_the_image_copies_what_it_needs_and_no_tests() -> None:
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".git", ".venv", ".env", "tests", "bench-results"} <= ignored
+    copied = [part for copy in dockerfile()["COPY"] for part in copy.split()[:-1]]
+    assert set(copied) == {"pyproject.toml", "README.md", "pipeline", "workers"}
+    for source in copied:
+        assert (ROOT / source).exists() and source not in ignored
+    migrations = ROOT / "pipeline" / "migrations"
+    assert (migrations / "env.py").is_file() and (migrations / "script.py.mako").is_file()
+    assert not (ROOT / "migrations").exists()  # inside the package, which the image installs
+
+
+def test_compose_commands_are_commands_of_the_cli(compose: dict[str, Any]) -> None:
+    """Every service run through the image's ``pipeline`` entrypoint names a real sub-command
+    with options it accepts."""
+    from pipeline.cli import parser
+
+    run_by_pipeline = {
+        name: argv(service)
+        for name, service in compose["services"].items()
+        if "build" in service and argv(service)[0] == "pipeline"
+    }
+    assert set(run_by_pipeline) == {"migrate", "exporter"}
+    assert run_by_pipeline["migrate"] == ["pipeline", "migrate", "--no-create"]
+    assert run_by_pipeline["exporter"] == ["pipeline", "exporter"]
+    for command in run_by_pipeline.values():
+        parser().parse_args(command[1:])  # exits (SystemExit) on an unknown command or option
+    assert compose["services"]["migrate"]["healthcheck"] == {"disable": True}  # serves no /ready
+
+
+def test_workers_and_the_exporter_restart_and_report_ready(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    worker, exporter = services["worker"], services["exporter"]
+    assert worker["restart"] == exporter["restart"] == "unless-stopped"
+    assert exporter["environment"] == worker["environment"]
+    port = exporter["environment"]["PIPELINE_METRICS_PORT"]
+    assert exporter["expose"] == [port] and "ports" not in exporter
+    assert f"http://127.0.0.1:{port}/ready" in " ".join(exporter["healthcheck"]["test"])
+    assert exporter["depends_on"] == {
+        "migrate": {"condition": "service_completed_successfully"},
+        "redis": {"condition": "service_healthy"},
+    }
+    prometheus = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    (static,) = jobs["pipeline-exporter"]["static_configs"]
+    assert static["targets"] == [f"exporter:{port}"]

@@ -5,30 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from fakeredis import FakeAsyncRedis as FakeRedis
+from redis.asyncio import Redis
 
 from pipeline import metrics
 from pipeline.endpoint import Endpoint
+from pipeline.queue_metrics import QUEUE_REGISTRY, QueueSampler
 from pipeline.settings import Settings
-
-
-class SlowRedis:
-    """A Redis whose ZCARD never answers (a stalled server)."""
-
-    async def zcard(self, name: str) -> int:
-        await asyncio.sleep(3600)
-        return 0
-
-
-class FakeRedis:
-    def __init__(self, depth: int) -> None:
-        self.depth = depth
-
-    async def zcard(self, name: str) -> int:
-        return self.depth
 
 
 async def request(port: int, raw: bytes) -> bytes:
@@ -45,10 +33,16 @@ async def request(port: int, raw: bytes) -> bytes:
 
 @pytest.fixture
 async def endpoint() -> AsyncIterator[Endpoint]:
-    served = Endpoint(Settings(queue_name="q"), FakeRedis(7))  # type: ignore[arg-type]
+    redis = FakeRedis()
+    await redis.zadd("q", {f"job-{i}": i for i in range(7)})
+    served = Endpoint(Settings(queue_name="q"), redis, sampler=QueueSampler(redis, None, "q"))
     await served.start("127.0.0.1", 0)
     yield served
     await served.close()
+
+
+def queue_sample(name: str, **labels: str) -> float | None:
+    return QUEUE_REGISTRY.get_sample_value(name, labels)
 
 
 def sample(name: str, **labels: str) -> float:
@@ -69,7 +63,7 @@ async def test_metrics_are_served_with_the_queue_depth(endpoint: Endpoint) -> No
 async def test_head_has_no_body_and_bad_requests_are_refused(endpoint: Endpoint) -> None:
     head = await request(endpoint.port, b"HEAD /metrics?x=1 HTTP/1.1\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
-    assert (await request(endpoint.port, b"GET / HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404")
+    assert (await request(endpoint.port, b"GET /x HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404")
     assert (await request(endpoint.port, b"DELETE /ready HTTP/1.1\r\n\r\n")).startswith(
         b"HTTP/1.1 405"
     )
@@ -91,9 +85,26 @@ async def test_close_ends_connections_still_open() -> None:
 
 
 async def test_a_stalled_redis_makes_the_depth_unknown_not_the_scrape_slow() -> None:
-    metrics.QUEUE_DEPTH.set(5)
-    await metrics.sample_queue_depth(SlowRedis(), "q", timeout_s=0.05)  # type: ignore[arg-type]
-    assert math.isnan(sample("pipeline_queue_depth"))
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read()  # takes every command, answers none
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    stalled = Redis(port=server.sockets[0].getsockname()[1])
+    try:
+        started = time.monotonic()
+        await QueueSampler(stalled, None, "q", timeout_s=0.2).sample()
+        assert time.monotonic() - started < 2
+    finally:
+        await stalled.aclose()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert math.isnan(queue_sample("pipeline_queue_depth"))
+    assert queue_sample("pipeline_source_up", source="redis") == 0
 
 
 def test_a_flush_is_recorded_once_per_batch() -> None:
@@ -126,3 +137,18 @@ def test_jobs_are_counted_by_kind_and_outcome_from_zero() -> None:
         assert sample("pipeline_jobs_in_flight") == 3
     finally:
         metrics.IN_FLIGHT.count -= 3
+
+
+async def test_the_page_shows_the_queue_and_escapes_what_it_shows(endpoint: Endpoint) -> None:
+    assert endpoint.redis is not None
+    await endpoint.redis.set(
+        "pipeline:paused:q", '{"since": "2026-01-01T00:00:00Z", "by": "<i>op</i>", "reason": ""}'
+    )
+    response = await request(endpoint.port, b"GET / HTTP/1.1\r\n\r\n")
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"text/html; charset=utf-8" in head
+    page = body.decode()
+    assert "<h2>Queue</h2>" in page and "PAUSED" in page
+    assert "&lt;i&gt;op&lt;/i&gt;" in page and "<i>op</i>" not in page
+    assert '<td class="n">7</td>' in page  # the seven queued jobs
+    assert "no database configured" in page
