@@ -152,9 +152,9 @@ def _replay(args: argparse.Namespace) -> int:
             if skipped:  # as with a missing id, nothing is replayed
                 print(_only_raw(skipped))
                 return 1
-        print(f"would replay {len(letters)} dead letter(s): {_ids(letters)}")
+        plan = f"would replay {len(letters)} dead letter(s): {_ids(letters)}"
         question = f"replay {len(letters)} dead letter(s)?"
-        code = held_back(args, len(letters), question, "nothing replayed")
+        code = held_back(args, len(letters), plan, question, "nothing replayed")
         if code is not None:
             return code
         redis = await create_pool()
@@ -188,10 +188,9 @@ def _ids(letters: list[dead_letters.DeadLetter]) -> str:
 def _purge(args: argparse.Namespace) -> int:
     async def work(engine: AsyncEngine) -> int:
         doomed = await dead_letters.count_older(engine, args.older_than, function=args.function)
-        print(f"would purge {doomed} dead letter(s) last seen over {args.older_than} ago")
-        code = held_back(
-            args, doomed, f"delete {doomed} dead letter(s) for good?", "nothing purged"
-        )
+        plan = f"would purge {doomed} dead letter(s) last seen over {args.older_than} ago"
+        question = f"delete {doomed} dead letter(s) for good?"
+        code = held_back(args, doomed, plan, question, "nothing purged")
         if code is not None:
             return code
         deleted = await dead_letters.purge(engine, args.older_than, function=args.function)

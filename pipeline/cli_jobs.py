@@ -40,14 +40,20 @@ def known_function(value: str) -> str:
     return value
 
 
-def held_back(args: argparse.Namespace, count: int, question: str, refused: str) -> int | None:
-    """None when a destructive command of ``count`` things may go on; else its exit code: 0 for
-    ``--dry-run`` or nothing to do, 1 when the question asked on a terminal (not with ``--yes``,
-    nor to a script, which asked for the command) was not answered yes."""
-    if args.dry_run or not count:
+def held_back(
+    args: argparse.Namespace, count: int, plan: str, question: str, refused: str
+) -> int | None:
+    """None when a destructive command of ``count`` things may go on; else its exit code.
+
+    ``--dry-run`` prints ``plan`` and ends (0); on a terminal, unless ``--yes`` or there is
+    nothing to do, ``plan`` is printed and ``question`` asked, and anything but yes ends (1). A
+    script (no terminal) is not asked: it asked for the command."""
+    if args.dry_run:
+        print(plan)
         return 0
-    if args.yes or not sys.stdin.isatty():
+    if not count or args.yes or not sys.stdin.isatty():
         return None
+    print(plan)
     if input(f"{question} [y/N] ").strip().lower() in ("y", "yes"):
         return None
     print(refused)
@@ -170,10 +176,9 @@ def _cancel(args: argparse.Namespace) -> int:
         missing = [i for i, job in zip(args.job_ids, found, strict=True) if job is None]
         for job_id in missing:
             print(f"no job {job_id!r} in queue {settings.queue_name}", file=sys.stderr)
-        for job in jobs:
-            print(f"would cancel {job.job_id} ({job.function}, {job.state})")
+        plan = "\n".join(f"would cancel {j.job_id} ({j.function}, {j.state})" for j in jobs)
         question = f"cancel {len(jobs)} job(s) into the dead-letter store?"
-        code = held_back(args, len(jobs), question, "nothing cancelled")
+        code = held_back(args, len(jobs), plan, question, "nothing cancelled")
         if code is not None:
             return code or int(bool(missing))
         engine = create_engine(settings)

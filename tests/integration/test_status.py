@@ -106,6 +106,7 @@ async def test_status_reports_what_redis_and_postgres_hold(
         "in_progress": 1,
         "due": await producer.zcount(queue, "-inf", now) - 1,
         "deferred": await producer.zcount(queue, f"({now}", "+inf"),
+        "retrying": 0,
         "oldest_due_age_s": pytest.approx((now - waiting[0][1]) / 1000, abs=2),
     }
     assert (report["queue"]["jobs"], report["queue"]["due"], report["queue"]["deferred"]) == (

@@ -31,6 +31,7 @@ class Source:
     def __init__(self) -> None:
         self.batches = 0
         self.last_flush: dict[str, Any] | None = None
+        self.recent_flushes: list[dict[str, Any]] = []
 
 
 async def test_jobs_are_in_progress_due_or_deferred(redis: FakeAsyncRedis) -> None:
