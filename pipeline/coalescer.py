@@ -119,9 +119,13 @@ class Coalescer:
         self._held: list[tuple[set[int], Submission]] = []  # waiting for these flushes to end
         self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0
-        self.last_flush: dict[str, Any] | None = None
         #: The last flushes' summaries, newest last (what status and the web page show).
         self.recent_flushes: deque[dict[str, Any]] = deque(maxlen=RECENT_FLUSHES)
+
+    @property
+    def last_flush(self) -> dict[str, Any] | None:
+        """The last flush's summary (as logged), None before the first."""
+        return self.recent_flushes[-1] if self.recent_flushes else None
 
     def start(self) -> None:
         """Start the flusher tasks."""
@@ -232,7 +236,7 @@ class Coalescer:
         _settle(flush.outcomes)
         self.batches += 1
         failed = [type(o).__name__ for o in flush.outcomes.values() if isinstance(o, Exception)]
-        self.last_flush = {
+        summary: dict[str, Any] = {
             "batch_id": flush.batch_ids[0] if flush.batch_ids else None,
             "jobs": len(batch),
             "rows": sum(s.size for s in batch),
@@ -247,12 +251,12 @@ class Coalescer:
             "at": dt.datetime.now(dt.UTC).isoformat(),
         }
         if len(flush.batch_ids) > 1:  # split to isolate a bad job: each part has its own id
-            self.last_flush["batch_ids"] = flush.batch_ids
+            summary["batch_ids"] = flush.batch_ids
         if failed:  # why, by error class: each job's own reason is in its retry or dead letter
-            self.last_flush["failures"] = dict(Counter(failed))
-        self.recent_flushes.append(self.last_flush)
-        log.info("batch flushed", **self.last_flush)
-        metrics.flushed(self.last_flush, failed)
+            summary["failures"] = dict(Counter(failed))
+        self.recent_flushes.append(summary)
+        log.info("batch flushed", **summary)
+        metrics.flushed(summary, failed)
 
     async def _requeue_if_unreachable(
         self, outcomes: dict[Submission, Receipt | PipelineError]

@@ -101,10 +101,7 @@ class QueueSampler:
         try:
             async with asyncio.timeout(self.timeout_s):
                 await self._read_queue(reading)
-        except Exception:  # unreachable or timed out: the gauges say unknown, not zero
-            reading.depth = reading.oldest_due_age_s = reading.paused = math.nan
-            reading.workers_seen = math.nan
-            reading.jobs = {}
+        except Exception:  # unreachable or timed out: the gauges stay unknown (NaN), not zero
             return
         reading.up["redis"] = 1
 
@@ -131,6 +128,7 @@ class QueueSampler:
             tally[UNSCANNED, "due"] += due_or_running - scanned_due
         if depth - due_or_running > scanned_deferred:
             tally[UNSCANNED, "deferred"] += depth - due_or_running - scanned_deferred
+        # Set only once everything is read: a reading cut short leaves every gauge unknown.
         reading.depth = depth
         reading.jobs = dict(tally)
         reading.oldest_due_age_s = 0.0 if oldest is None else max(now - oldest, 0) / 1000

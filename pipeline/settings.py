@@ -185,8 +185,9 @@ class Settings(BaseSettings):
         return url
 
 
-#: The ``sslmode=`` values a database URL may give: those ``pipeline.db`` connects with.
-URL_SSL_MODES = ("disable", "prefer", "require", "verify-full")
+#: The ``sslmode=`` values a database URL may give: libpq's, which ``pipeline.db`` connects with
+#: (``allow`` and ``verify-ca`` too, though the setting documents only four).
+URL_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 @lru_cache(maxsize=1)

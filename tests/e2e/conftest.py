@@ -18,11 +18,27 @@ from pipeline import create_pool
 from pipeline.settings import Settings
 
 ARQ = str(Path(sys.executable).with_name("arq"))
+PIPELINE = str(Path(sys.executable).with_name("pipeline"))
 COMMANDS = {
     # the deployment command, with arq's option that makes its first lines the pipeline's too
     "arq": [ARQ, "pipeline.WorkerSettings", "--custom-log-dict", "pipeline.logs.ARQ_LOGGING"],
-    "pipeline": [str(Path(sys.executable).with_name("pipeline")), "worker"],
+    "pipeline": [PIPELINE, "worker"],
 }
+
+
+def run_pipeline(
+    env: dict[str, str], *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``pipeline ARGS`` to its end (two minutes at most); its exit code and output."""
+    return subprocess.run(
+        [PIPELINE, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -20,11 +18,10 @@ from sqlalchemy.engine import make_url
 from pipeline.db import redacted
 from pipeline.settings import Settings
 from tests.conftest import _admin
-from tests.e2e.conftest import WorkerProcess
+from tests.e2e.conftest import WorkerProcess, run_pipeline
 from tests.integration.helpers import seed_tree
 
 pytestmark = pytest.mark.e2e
-PIPELINE = str(Path(sys.executable).with_name("pipeline"))
 
 
 def json_lines(output: str) -> list[dict[str, object]]:
@@ -68,9 +65,7 @@ def test_migrate_and_the_other_commands_log_json(settings: Settings) -> None:
     }
 
     def stderr_of(*args: str) -> str:
-        done = subprocess.run(
-            [PIPELINE, *args], env=env, capture_output=True, text=True, timeout=120, check=False
-        )
+        done = run_pipeline(env, *args)
         assert done.returncode == 0, done.stderr
         return done.stderr
 
@@ -91,15 +86,7 @@ def test_migrate_creating_its_database_writes_json_only(settings: Settings, tmp_
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     env["PIPELINE_DATABASE_URL"] = url.render_as_string(hide_password=False)
     try:
-        done = subprocess.run(
-            [PIPELINE, "migrate"],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = run_pipeline(env, "migrate", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert done.stdout == ""
         lines = json_lines(done.stderr)

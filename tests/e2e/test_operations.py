@@ -10,7 +10,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,10 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline import dead_letters
 from pipeline.settings import Settings
-from tests.e2e.conftest import WorkerProcess, wait_for
+from tests.e2e.conftest import PIPELINE, WorkerProcess, run_pipeline, wait_for
 from tests.integration.helpers import scalar
 
-PIPELINE = str(Path(sys.executable).with_name("pipeline"))
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "operations-page.png"
 
 
@@ -63,12 +61,6 @@ def env(settings: Settings) -> dict[str, str]:
         "PIPELINE_QUEUE_NAME": settings.queue_name,
         "PIPELINE_LOG_FORMAT": "json",
     }
-
-
-def pipeline(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PIPELINE, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 async def insert(producer: ArqRedis, n: int, prefix: str) -> None:
@@ -114,7 +106,7 @@ async def test_pause_stops_every_worker_and_resume_restarts_them(
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
 
-    paused = pipeline(env, "pause", "--reason", "maintenance")
+    paused = run_pipeline(env, "pause", "--reason", "maintenance")
     assert paused.returncode == 0, paused.stderr
     await asyncio.sleep(1.5)  # stock arq follows within its status interval (a second)
     await insert(producer, 20, "during")
@@ -125,10 +117,10 @@ async def test_pause_stops_every_worker_and_resume_restarts_them(
     assert code == 503 and "paused" in body and "maintenance" in body
     assert gauge(port, "pipeline_paused") == 1
     assert gauge(port, "pipeline_queue_jobs", function="insert_nodes", state="due") == 20
-    status = pipeline(env, "status", "--json")
+    status = run_pipeline(env, "status", "--json")
     assert '"reason": "maintenance"' in status.stdout
 
-    resumed = pipeline(env, "resume")
+    resumed = run_pipeline(env, "resume")
     assert resumed.returncode == 0 and "resumed" in resumed.stdout
     deadline = time.monotonic() + 30
     while await scalar(engine, nodes) < 24:
@@ -233,7 +225,7 @@ async def test_the_page_renders_in_a_real_browser(
             error=ValueError("<script>alert(1)</script>"),
             tries=1,
         )
-        assert pipeline(env, "pause", "--reason", "deploy <b>now</b>").returncode == 0
+        assert run_pipeline(env, "pause", "--reason", "deploy <b>now</b>").returncode == 0
         await insert(producer, 7, "held")  # they wait while paused: the page shows them due
         url = f"http://127.0.0.1:{port}/"
         browser = [

@@ -4,16 +4,14 @@ keyword) works for every command that connects: ``ready``, ``status`` and ``migr
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline.settings import Settings
+from tests.e2e.conftest import run_pipeline
 
 pytestmark = pytest.mark.e2e
-PIPELINE = str(Path(sys.executable).with_name("pipeline"))
 
 
 @pytest.mark.parametrize("command", [["migrate"], ["ready"], ["status", "--json"]])
@@ -24,15 +22,7 @@ def test_a_urls_sslmode_disable_works(
     env["PIPELINE_DATABASE_URL"] = f"{settings.database_url}?sslmode=disable"
     env["PIPELINE_REDIS_URL"] = str(settings.redis_url)
     env["PIPELINE_QUEUE_NAME"] = settings.queue_name
-    done = subprocess.run(
-        [PIPELINE, *command],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_pipeline(env, *command, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Error" not in done.stderr, done.stderr
     if command == ["ready"]:
