@@ -4,7 +4,6 @@ FROM python:3.11-slim
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
-COPY workers ./workers
 RUN pip install --no-cache-dir . && rm -rf /src/*
 WORKDIR /app
 # The worker's /metrics and /ready (every command that serves them reads this port).

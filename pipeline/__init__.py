@@ -11,19 +11,19 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.client import PipelineClient, Receipt, create_pool
     from pipeline.errors import JobFailed, PipelineError
+    from pipeline.producer.client import PipelineClient, Receipt, create_pool
     from pipeline.serialization import UNDELIVERABLE
-    from pipeline.worker import WorkerSettings
+    from pipeline.worker.service import WorkerSettings
 
 _EXPORTS = {
-    "create_pool": "pipeline.client",
-    "PipelineClient": "pipeline.client",
-    "Receipt": "pipeline.client",
+    "create_pool": "pipeline.producer.client",
+    "PipelineClient": "pipeline.producer.client",
+    "Receipt": "pipeline.producer.client",
     "JobFailed": "pipeline.errors",
     "PipelineError": "pipeline.errors",
     "UNDELIVERABLE": "pipeline.serialization",
-    "WorkerSettings": "pipeline.worker",
+    "WorkerSettings": "pipeline.worker.service",
 }
 __all__ = [
     "UNDELIVERABLE",

@@ -9,7 +9,7 @@ turns it back into :class:`pipeline.errors.JobFailed` (and still reads the exten
 
 The worker decodes jobs with :class:`JobDeserializer`, which never raises for a job: one it
 cannot hand to its function as sent becomes a job of the reserved function
-:data:`UNDELIVERABLE`, which records it as a dead letter (see :mod:`pipeline.undeliverable`).
+:data:`UNDELIVERABLE`, which records it as a dead letter (see :mod:`pipeline.worker.undeliverable`).
 """
 
 from __future__ import annotations

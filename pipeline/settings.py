@@ -178,15 +178,15 @@ class Settings(BaseSettings):
     @field_validator("database_url", "read_database_url")
     @classmethod
     def _known_sslmode(cls, url: PostgresDsn | None) -> PostgresDsn | None:
-        """A URL's ``sslmode=`` must be one the connections understand (``pipeline.db``)."""
+        """A URL's ``sslmode=`` must be one the connections understand (``pipeline.postgres``)."""
         modes = parse_qs(url.query or "").get("sslmode", []) if url is not None else []
         if any(mode not in URL_SSL_MODES for mode in modes):
             raise ValueError("sslmode= must be disable, prefer, require or verify-full")
         return url
 
 
-#: The ``sslmode=`` values a database URL may give: libpq's, which ``pipeline.db`` connects with
-#: (``allow`` and ``verify-ca`` too, though the setting documents only four).
+#: The ``sslmode=`` values a database URL may give: libpq's, which ``pipeline.postgres``
+#: connects with (``allow`` and ``verify-ca`` too, though the setting documents only four).
 URL_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 

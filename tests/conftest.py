@@ -22,7 +22,7 @@ from arq.connections import ArqRedis, RedisSettings
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from pipeline.migrate import downgrade, upgrade
+from pipeline.cli.migrate import downgrade, upgrade
 from pipeline.serialization import deserialize, serialize
 from pipeline.settings import Settings
 

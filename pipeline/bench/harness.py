@@ -20,14 +20,14 @@ import asyncpg
 from arq.connections import ArqRedis
 from sqlalchemy.engine import make_url
 
-from pipeline.client import create_pool, idle
-from pipeline.migrate import upgrade
+from pipeline.cli.migrate import upgrade
+from pipeline.producer.client import create_pool, idle
 from pipeline.settings import Settings
 
 WORKERS = {
-    "naive": ["-m", "arq", "workers.naive.NaiveWorkerSettings"],
-    "noop": ["-m", "arq", "workers.noop.NoopWorkerSettings"],
-    "pipeline": ["-m", "pipeline.cli", "worker"],
+    "naive": ["-m", "arq", "pipeline.bench.naive.NaiveWorkerSettings"],
+    "noop": ["-m", "arq", "pipeline.bench.noop.NoopWorkerSettings"],
+    "pipeline": ["-m", "pipeline", "worker"],
     "pipeline-arq": [
         *("-m", "arq", "pipeline.WorkerSettings"),
         *("--custom-log-dict", "pipeline.logs.ARQ_LOGGING"),

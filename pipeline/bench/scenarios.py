@@ -25,7 +25,7 @@ from pipeline.bench.harness import (
     environment,
     wait_until_up,
 )
-from pipeline.db import audit_settings
+from pipeline.postgres import audit_settings
 from pipeline.schema.audit import SCORE_COLUMNS
 from pipeline.settings import Settings
 
@@ -245,8 +245,8 @@ async def coalesced(
 ) -> Result:
     """Many concurrent single-write calls through :class:`CoalescingClient`, timed from the
     first call until every write is committed."""
-    from pipeline.client import PipelineClient, idle
-    from pipeline.coalescing_client import CoalescingClient
+    from pipeline.producer.client import PipelineClient, idle
+    from pipeline.producer.coalescing import CoalescingClient
 
     async with environment(base, log) as env:
         await seed_nodes(env, workload.nodes)

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.kinds.agent_tasks import append_transcripts, record_events
 from pipeline.kinds.base import Invalidation, Row, Target, WriteKind
 from pipeline.kinds.checkpoints import activate_checkpoint, register_checkpoint
-from pipeline.kinds.claims import record_consensus, record_verifications, upsert_claims
-from pipeline.kinds.health import heartbeat
+from pipeline.kinds.heartbeats import heartbeat
 from pipeline.kinds.labeled_samples import save_labeled_samples
 from pipeline.kinds.nodes import insert_nodes, update_scores, update_statuses
 from pipeline.kinds.principle_scores import save_principle_scores
 from pipeline.kinds.projects import upsert_project
 from pipeline.kinds.rubrics import save_rubric
-from pipeline.kinds.tasks import append_transcripts, record_events
 from pipeline.kinds.training import mark_training_used, record_training_data
+from pipeline.kinds.verification import record_consensus, record_verifications, upsert_claims
 
 KINDS: tuple[WriteKind[Any], ...] = (
     upsert_project,

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from pipeline import logs
-from pipeline.db import async_url, connect_args, with_tls
+from pipeline.postgres import async_url, connect_args, with_tls
 from pipeline.schema import metadata
 from pipeline.settings import Settings
 

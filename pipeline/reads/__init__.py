@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pipeline.reads.agent_tasks import TaskReads
 from pipeline.reads.audit import AuditReads
 from pipeline.reads.cache import PrincipleScoreCache
 from pipeline.reads.metrics import READ_METRICS
@@ -32,7 +33,6 @@ from pipeline.reads.models import (
     VerificationCursor,
 )
 from pipeline.reads.projects import ProjectReads
-from pipeline.reads.tasks import TaskReads
 from pipeline.reads.taxonomy import TaxonomyReads
 from pipeline.reads.verification import VerificationReads
 

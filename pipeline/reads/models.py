@@ -334,7 +334,7 @@ class TranscriptEntry:
     """One entry of a task's transcript, identified by (phase, iteration, seq) within the task.
 
     ``seq`` is the producer's (0 or more), or, for an entry sent without one, derived from its
-    content (negative; see :func:`pipeline.kinds.tasks.derived_seq`).
+    content (negative; see :func:`pipeline.kinds.agent_tasks.derived_seq`).
     """
 
     task_id: str

@@ -3,9 +3,9 @@
 The write kinds and the read repositories both import tables from here; neither imports the other.
 """
 
+from pipeline.schema.agent_tasks import TRANSCRIPT_ROLES, Event, Transcript
 from pipeline.schema.base import Base
 from pipeline.schema.ops import AuditLog, DeadLetter
-from pipeline.schema.tasks import TRANSCRIPT_ROLES, Event, Transcript
 from pipeline.schema.taxonomy import (
     NODE_STATUSES,
     BranchStats,

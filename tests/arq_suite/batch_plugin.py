@@ -1,4 +1,5 @@
-"""pytest plugin: arq's own test suite with ``pipeline.claiming.BatchWorker`` as arq's ``Worker``.
+"""pytest plugin: arq's own test suite with the batch worker as arq's ``Worker``
+(``pipeline.worker.batch.claiming.BatchWorker``).
 
 Loaded with ``-p batch_plugin`` (``run.py`` puts this directory on ``PYTHONPATH``), so it is
 imported before arq's conftest.py and test modules: every name in arq's modules bound to arq's
@@ -26,7 +27,7 @@ import arq
 import arq.worker
 import pytest
 
-from pipeline.claiming import BatchWorker
+from pipeline.worker.batch.claiming import BatchWorker
 
 STOCK_WORKER = arq.worker.Worker
 assert STOCK_WORKER is not BatchWorker and issubclass(BatchWorker, STOCK_WORKER)

@@ -1,8 +1,8 @@
 """arq's own test suite, run once with stock arq and once with pipeline's BatchWorker in its place.
 
-Why: ``pipeline.claiming.BatchWorker`` replaces how arq's ``Worker`` claims and finishes jobs
-and promises to keep every other rule of arq's job life cycle. arq's own tests pin that life
-cycle down, so every test that passes with stock arq must pass with the batch worker too.
+Why: ``pipeline.worker.batch.claiming.BatchWorker`` replaces how arq's ``Worker`` claims and
+finishes jobs and promises to keep every other rule of arq's job life cycle. arq's own tests pin
+that life cycle down, so every test that passes with stock arq must pass with the batch worker too.
 
 What it does:
 
@@ -33,7 +33,7 @@ arq).
 
 The allow-list rule: a test goes into ``ALLOW_LIST`` only for a deliberate, documented
 difference between the batch worker and arq, with its justification as the value. Any other
-regression is a bug in ``pipeline/claiming.py``, to be fixed there, not listed here.
+regression is a bug in ``pipeline/worker/batch/claiming.py``, to be fixed there, not listed here.
 
 Run it from the repository root with the project's venv: ``.venv/bin/python
 tests/arq_suite/run.py`` (``./run test`` does, after the main pytest run). It needs the local
@@ -560,7 +560,7 @@ def main() -> int:
                     f"only {stock.count('passed')} tests passed with stock arq (expected "
                     f"{MIN_STOCK_PASSED} at least); the first other: {first.message}"
                 )
-            step(f"arq {version}'s suite with pipeline.claiming.BatchWorker")
+            step(f"arq {version}'s suite with pipeline.worker.batch.claiming.BatchWorker")
             batch = run_suite(python, suite, "batch", "batch")
             print(f"    batch: {batch.line()}", flush=True)
             regressions, flaky = compare(python, suite, stock, batch)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.migrate import upgrade
+from pipeline.cli.migrate import upgrade
 
 BIN = Path(os.environ.get("PIPELINE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 CONFIG = """

@@ -22,7 +22,7 @@ def test_bench_quick_runs_and_reports(settings: Settings, tmp_path: Path) -> Non
         "PIPELINE_REDIS_URL": str(settings.redis_url),
     }
     only = ["1 naive", "2 arq floor", "3 pipeline, 1 write/job", "unnest", "7 latency"]
-    command = [sys.executable, "-m", "pipeline.cli", "bench", "--quick", "--out", str(tmp_path)]
+    command = [sys.executable, "-m", "pipeline", "bench", "--quick", "--out", str(tmp_path)]
     command += [arg for name in only for arg in ("--only", name)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=200)
     assert done.returncode == 0, done.stdout + done.stderr

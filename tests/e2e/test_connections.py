@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline.db import create_engine
-from pipeline.migrate import upgrade
+from pipeline.cli.migrate import upgrade
+from pipeline.postgres import create_engine
 from pipeline.settings import Settings
 from tests.e2e.private_postgres import PrivatePostgres
 

@@ -20,13 +20,13 @@ import asyncpg
 import pytest
 from alembic.script import ScriptDirectory
 
-from pipeline.migrate import MIGRATIONS, alembic_config
+from pipeline.cli.migrate import MIGRATIONS, alembic_config
 from tests.conftest import ADMIN_URL, _admin, _db_url
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 #: What the Dockerfile copies to build the image: all a wheel is built from.
-SOURCES = ("pyproject.toml", "README.md", "pipeline", "workers")
+SOURCES = ("pyproject.toml", "README.md", "pipeline")
 
 
 def build_wheel(into: Path) -> Path:
@@ -101,7 +101,7 @@ def test_an_installed_wheel_migrates_a_new_database(tmp_path: Path, new_database
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     env["PIPELINE_DATABASE_URL"] = _db_url(new_database)
     where = subprocess.run(
-        [python, "-c", "import pipeline.migrate as m; print(m.MIGRATIONS)"],
+        [python, "-c", "import pipeline.cli.migrate as m; print(m.MIGRATIONS)"],
         cwd=away,
         env=env,
         check=True,

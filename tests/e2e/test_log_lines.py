@@ -15,7 +15,7 @@ import pytest
 from arq.connections import ArqRedis
 from sqlalchemy.engine import make_url
 
-from pipeline.db import redacted
+from pipeline.postgres import redacted
 from pipeline.settings import Settings
 from tests.conftest import _admin
 from tests.e2e.conftest import WorkerProcess, run_pipeline

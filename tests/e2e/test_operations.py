@@ -21,7 +21,7 @@ from arq.connections import ArqRedis
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline import dead_letters
+from pipeline.ops import dead_letters
 from pipeline.settings import Settings
 from tests.e2e.conftest import PIPELINE, WorkerProcess, run_pipeline, wait_for
 from tests.integration.helpers import scalar

@@ -15,7 +15,7 @@ from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline.client import idle
+from pipeline.producer.client import idle
 from pipeline.settings import Settings
 from tests.e2e.conftest import WorkerProcess
 from tests.integration.helpers import rows, scalar

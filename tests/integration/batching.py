@@ -14,8 +14,9 @@ from arq.worker import Worker
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline import JobFailed, metrics
-from pipeline.coalescer import Coalescer
+from pipeline import JobFailed
+from pipeline.ops import metrics
+from pipeline.worker.coalescer import Coalescer
 from tests.integration.helpers import scalar
 
 Call = tuple[str, dict[str, Any]]

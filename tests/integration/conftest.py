@@ -12,7 +12,7 @@ from arq.worker import Worker
 
 from pipeline import create_pool
 from pipeline.settings import Settings
-from pipeline.worker import PipelineWorker, worker_options
+from pipeline.worker.service import PipelineWorker, worker_options
 from tests.integration.helpers import Proxy
 
 

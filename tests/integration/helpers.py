@@ -14,8 +14,8 @@ from arq.worker import Worker
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline.claiming import BatchWorker, Claim
 from pipeline.errors import JobFailed
+from pipeline.worker.batch.claiming import BatchWorker, ClaimedJob
 
 
 async def seed_tree(producer: ArqRedis, project: str, node_ids: list[str]) -> None:
@@ -113,7 +113,7 @@ def count_claims(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     claims: list[int] = []
     claim = BatchWorker.claim
 
-    async def counted(self: BatchWorker, want: int) -> list[Claim]:
+    async def counted(self: BatchWorker, want: int) -> list[ClaimedJob]:
         got = await claim(self, want)
         if got:
             claims.append(len(got))

@@ -11,7 +11,7 @@ from arq.jobs import Job
 from arq.worker import Worker
 
 from pipeline.settings import Settings
-from pipeline.worker import PipelineWorker, worker_options
+from pipeline.worker.service import PipelineWorker, worker_options
 from tests.integration.helpers import count_claims, seed_tree
 
 

@@ -18,10 +18,10 @@ from arq.constants import abort_jobs_ss, in_progress_key_prefix, result_key_pref
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 
-from pipeline.claiming import BatchWorker
-from pipeline.db import queue_redis
+from pipeline.redis_queue import queue_redis
 from pipeline.settings import Settings
-from pipeline.worker import PipelineWorker, worker_options
+from pipeline.worker.batch.claiming import BatchWorker
+from pipeline.worker.service import PipelineWorker, worker_options
 from tests.integration.helpers import count_claims, seed_tree, stop_worker
 
 

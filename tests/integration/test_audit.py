@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from pipeline.db import create_engine
 from pipeline.kinds.nodes import NODE_UPDATES
+from pipeline.postgres import create_engine
 from pipeline.schema import metadata
 from pipeline.schema.audit import AUDITED, TOUCHED
 from pipeline.settings import Settings

@@ -19,11 +19,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline import JobFailed
-from pipeline.claiming import BatchWorker
-from pipeline.db import queue_redis
+from pipeline.redis_queue import queue_redis
 from pipeline.schema.taxonomy import node_updates_lock_key
 from pipeline.serialization import deserialize, serialize
 from pipeline.settings import Settings
+from pipeline.worker.batch.claiming import BatchWorker
 from tests.integration.helpers import seed_tree, stop_worker
 
 

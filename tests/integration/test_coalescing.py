@@ -12,11 +12,11 @@ from arq.worker import Worker
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from pipeline.coalescer import Coalescer
 from pipeline.kinds import Row, Target
 from pipeline.kinds.base import Report
 from pipeline.kinds.labeled_samples import save_labeled_samples
 from pipeline.kinds.nodes import insert_nodes
+from pipeline.worker.coalescer import Coalescer
 from tests.integration.helpers import results, rows, scalar, seed_tree, stop_worker
 
 

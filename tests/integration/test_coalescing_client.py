@@ -10,7 +10,7 @@ from arq.worker import Worker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline import PipelineClient
-from pipeline.coalescing_client import CoalescingClient
+from pipeline.producer.coalescing import CoalescingClient
 from tests.integration.helpers import scalar, seed_tree, stop_worker
 
 

@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.settings import Settings
-from pipeline.worker import PipelineWorker, worker_options
+from pipeline.worker.service import PipelineWorker, worker_options
 from tests.integration.batching import (
     Call,
     across_batches,

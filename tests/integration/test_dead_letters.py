@@ -17,11 +17,12 @@ from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline import JobFailed, dead_letters
+from pipeline import JobFailed
 from pipeline.errors import InvalidPayload
+from pipeline.ops import dead_letters
 from pipeline.serialization import UNDELIVERABLE, JobDeserializer, deserialize, serialize
 from pipeline.settings import Settings
-from pipeline.worker import PipelineWorker, worker_options
+from pipeline.worker.service import PipelineWorker, worker_options
 from tests.integration.helpers import rows, scalar, seed_tree
 from tests.integration.test_undeliverable import push
 from tests.undeliverable_jobs import CASES, deep_metadata
@@ -76,7 +77,7 @@ def run_cli(settings: Settings, *args: str, code: int = 0) -> subprocess.Complet
         "PIPELINE_QUEUE_NAME": settings.queue_name,
         "COLUMNS": "200",  # the table's width, with no terminal
     }
-    command = [sys.executable, "-m", "pipeline.cli", "dead-letters", *args]
+    command = [sys.executable, "-m", "pipeline", "dead-letters", *args]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == code, done.stdout + done.stderr
     return done

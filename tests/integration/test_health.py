@@ -12,7 +12,7 @@ from pathlib import Path
 from arq.worker import Worker
 from sqlalchemy.engine import make_url
 
-from pipeline.health import readiness
+from pipeline.ops.readiness import readiness
 from pipeline.settings import Settings
 from tests.integration.helpers import Proxy, stop_worker
 
@@ -36,7 +36,7 @@ async def test_readiness_flips_while_postgres_is_unreachable_and_recovers(
 
 def test_the_cli_exit_code_and_no_password_in_its_output(settings: Settings) -> None:
     def ready(**env: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "pipeline.cli", "ready"]
+        command = [sys.executable, "-m", "pipeline", "ready"]
         return subprocess.run(
             command, env={**os.environ, **env}, capture_output=True, text=True, timeout=30
         )

@@ -15,7 +15,7 @@ from arq.worker import Worker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline import JobFailed
-from pipeline.kinds.claims import CLAIMS
+from pipeline.kinds.verification import CLAIMS
 from pipeline.settings import Settings
 from tests.integration.helpers import redeliver, rows, scalar
 

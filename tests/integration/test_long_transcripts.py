@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.reads import TaskReads
-from pipeline.schema.tasks import SEARCH_PIECE_CHARS
+from pipeline.schema.agent_tasks import SEARCH_PIECE_CHARS
 from pipeline.serialization import serialize
 from pipeline.settings import Settings
 from tests.integration.helpers import scalar

@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.schema import metadata
-from pipeline.schema.tasks import SEARCH_FUNCTION, SEARCH_FUNCTION_SQL
+from pipeline.schema.agent_tasks import SEARCH_FUNCTION, SEARCH_FUNCTION_SQL
 from tests.conftest import migrate
 from tests.integration.helpers import scalar
 

@@ -18,8 +18,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline import JobFailed
-from pipeline.jobs import JobRunner
 from pipeline.settings import Settings
+from pipeline.worker.jobs import JobRunner
 from tests.integration.helpers import Proxy, rows, scalar, seed_tree, stop_worker
 
 

@@ -24,8 +24,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline.db import create_engine
 from pipeline.kinds import KINDS
+from pipeline.postgres import create_engine
 from pipeline.settings import Settings
 
 ROWS = Settings().batch_max_rows

@@ -18,8 +18,8 @@ from arq.worker import Worker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline import PipelineClient, create_pool
-from pipeline.coalescing_client import CoalescingClient
 from pipeline.errors import InvalidPayload, StillQueued, UnknownFunction
+from pipeline.producer.coalescing import CoalescingClient
 from pipeline.settings import Settings
 from tests.integration.batching import run
 from tests.integration.helpers import rows, scalar, seed_tree, stop_worker

@@ -17,10 +17,11 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from pipeline import cli, dead_letters, metrics, queue_jobs
-from pipeline.queue_metrics import COLLECTOR, QUEUE_REGISTRY, QueueSampler, function_of
-from pipeline.retries import CLOCK_PREFIX
+from pipeline import cli
+from pipeline.ops import dead_letters, metrics, queue_jobs
+from pipeline.ops.queue_metrics import COLLECTOR, QUEUE_REGISTRY, QueueSampler, function_of
 from pipeline.settings import Settings, get_settings
+from pipeline.worker.retries import CLOCK_PREFIX
 from tests.integration.helpers import rows, scalar, seed_tree
 
 NODE = {"project_id": "p", "nodes": [{"node_id": "x", "parent_id": "root", "label": "x"}]}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline.db import create_engine
+from pipeline.postgres import create_engine
 from pipeline.reads import TaxonomyReads
 from pipeline.settings import Settings
 

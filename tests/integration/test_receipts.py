@@ -11,9 +11,9 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline import metrics
-from pipeline.coalescer import Coalescer
+from pipeline.ops import metrics
 from pipeline.settings import Settings
+from pipeline.worker.coalescer import Coalescer
 from tests.integration.batching import in_one_batch, run
 from tests.integration.helpers import redeliver, rows, seed_tree
 

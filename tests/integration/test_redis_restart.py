@@ -25,8 +25,8 @@ import redis.asyncio as aioredis
 from arq.constants import job_key_prefix
 
 from pipeline import PipelineClient, create_pool
-from pipeline.coalescing_client import CoalescingClient
-from pipeline.enqueue import RetryingRedis
+from pipeline.producer.coalescing import CoalescingClient
+from pipeline.producer.enqueue import RetryingRedis
 from pipeline.settings import Settings
 
 WRITES = 150  # per producer

@@ -18,10 +18,10 @@ import pytest
 import redis
 
 from pipeline import create_pool
-from pipeline.db import close_sentinels, queue_redis
-from pipeline.enqueue import RetryingRedis
+from pipeline.producer.enqueue import RetryingRedis
+from pipeline.redis_queue import close_sentinels, queue_redis
 from pipeline.settings import Settings
-from pipeline.worker import PipelineWorker, worker_options
+from pipeline.worker.service import PipelineWorker, worker_options
 from tests.integration.helpers import scalar, stop_worker
 
 

@@ -15,7 +15,8 @@ from arq.worker import Worker
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline import cli, status
+from pipeline import cli
+from pipeline.ops import status
 from pipeline.settings import Settings, get_settings
 from tests.integration.helpers import rows, scalar, seed_tree, stop_worker
 

@@ -19,7 +19,7 @@ from arq.worker import Worker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline import JobFailed
-from pipeline.kinds.tasks import TranscriptItem, derived_seq
+from pipeline.kinds.agent_tasks import TranscriptItem, derived_seq
 from pipeline.settings import Settings
 from tests.integration.batching import across_batches, in_one_batch
 from tests.integration.helpers import redeliver, rows, scalar

@@ -17,11 +17,12 @@ from arq.worker import Worker
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline import JobFailed, metrics
+from pipeline import JobFailed
 from pipeline.nesting import JOB_MAX_DEPTH, JSON_MAX_DEPTH
+from pipeline.ops import metrics
 from pipeline.serialization import UNDELIVERABLE
 from pipeline.settings import Settings
-from pipeline.worker import PipelineWorker, worker_options
+from pipeline.worker.service import PipelineWorker, worker_options
 from tests.integration.helpers import Proxy, rows, seed_tree
 from tests.undeliverable_jobs import CASES, ET, Case, deep_metadata, now_ms, push
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline import metrics
+from pipeline.ops import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -222,4 +222,4 @@ def test_queue_side_gauges_are_aggregated_with_max_across_targets() -> None:
 def test_the_queue_side_metrics_the_alerts_read_are_exported() -> None:
     """The names this file and alerts.yml rely on, as the worker and the exporter export them."""
     missing = (QUEUE_SIDE | PER_TARGET) - metrics.metric_names()
-    assert not missing, f"alerts read metrics that pipeline.metrics does not export: {missing}"
+    assert not missing, f"alerts read metrics that pipeline.ops.metrics does not export: {missing}"

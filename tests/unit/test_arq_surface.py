@@ -1,12 +1,12 @@
 """The part of arq's private surface the batch worker stands on, pinned: an arq upgrade that
 changes any of it fails here, by name, before anything misbehaves at run time.
 
-``pipeline.claiming.BatchWorker`` overrides ``_poll_iteration`` and ``close``, calls
+``pipeline.worker.batch.claiming.BatchWorker`` overrides ``_poll_iteration`` and ``close``, calls
 ``heart_beat``, ``_cancel_aborted_jobs`` and ``_jobs_started``, shares arq's bookkeeping
-attributes, and :class:`pipeline.job_runs.JobRun` follows ``Worker.run_job`` and ``finish_job``
-rule for rule. ``arq pipeline.WorkerSettings`` adopts arq's ``Worker`` from inside ``main()``.
-When a hash below changes, read the new arq source beside ``JobRun``/the scripts, carry the
-change over, run ``tests/arq_suite/run.py``, then update the hash and ``pyproject.toml``'s pin.
+attributes, and :class:`pipeline.worker.batch.runs.JobRun` follows ``Worker.run_job`` and
+``finish_job`` rule for rule. ``arq pipeline.WorkerSettings`` adopts arq's ``Worker`` from inside
+``main()``. When a hash below changes, read the new arq source beside ``JobRun``/the scripts, carry
+the change over, run ``tests/arq_suite/run.py``, then update the hash and ``pyproject.toml``'s pin.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from arq.cron import CronJob
 from arq.jobs import deserialize_job_raw, serialize_result
 from arq.worker import Function, Worker
 
-from pipeline.claiming import BatchWorker
-from pipeline.worker import PipelineWorker
+from pipeline.worker.batch.claiming import BatchWorker
+from pipeline.worker.service import PipelineWorker
 
 #: sha256 (first 16 hex digits) of the arq 0.28 methods the batch worker mirrors or relies on.
 MIRRORED = {

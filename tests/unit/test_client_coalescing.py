@@ -10,8 +10,8 @@ import pytest
 from arq.connections import ArqRedis
 
 from pipeline import PipelineClient
-from pipeline.coalescing_client import CoalescingClient, items_field
 from pipeline.errors import InvalidPayload
+from pipeline.producer.coalescing import CoalescingClient, items_field
 
 
 @pytest.fixture

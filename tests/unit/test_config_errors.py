@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipeline import cli_ops
 from pipeline.cli import main
+from pipeline.cli import status as cli_status
 from pipeline.settings import Settings, configuration_errors, get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,7 +142,7 @@ def test_status_reports_the_setting_not_a_shortened_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("PIPELINE_DATABASE_URL", BAD_URL)
-    assert cli_ops._status(argparse.Namespace(exact=False, json=True)) == 2
+    assert cli_status._status(argparse.Namespace(exact=False, json=True)) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{PREFIX}{SCHEME_RULE}") and err.count("\n") == 1
     assert SECRET not in err

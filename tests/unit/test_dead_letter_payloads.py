@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from pipeline import dead_letters
 from pipeline.nesting import JOB_MAX_DEPTH, deeper_than
+from pipeline.ops import dead_letters
 from tests.undeliverable_jobs import deep_metadata
 
 

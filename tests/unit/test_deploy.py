@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline import metrics
+from pipeline.ops import metrics
 from pipeline.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,7 +246,7 @@ def test_the_image_copies_what_it_needs_and_no_tests() -> None:
     }
     assert {".git", ".venv", ".env", "tests", "bench-results"} <= ignored
     copied = [part for copy in dockerfile()["COPY"] for part in copy.split()[:-1]]
-    assert set(copied) == {"pyproject.toml", "README.md", "pipeline", "workers"}
+    assert set(copied) == {"pyproject.toml", "README.md", "pipeline"}
     for source in copied:
         assert (ROOT / source).exists() and source not in ignored
     migrations = ROOT / "pipeline" / "migrations"

@@ -13,9 +13,9 @@ import pytest
 from fakeredis import FakeAsyncRedis as FakeRedis
 from redis.asyncio import Redis
 
-from pipeline import metrics
-from pipeline.endpoint import Endpoint
-from pipeline.queue_metrics import QUEUE_REGISTRY, QueueSampler
+from pipeline.ops import metrics
+from pipeline.ops.endpoint import Endpoint
+from pipeline.ops.queue_metrics import QUEUE_REGISTRY, QueueSampler
 from pipeline.settings import Settings
 
 

@@ -22,7 +22,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from pipeline.enqueue import RetryingRedis
+from pipeline.producer.enqueue import RetryingRedis
 from pipeline.serialization import deserialize, serialize
 
 QUEUE = "pipeline:unit"

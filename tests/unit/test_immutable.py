@@ -11,9 +11,9 @@ import pytest
 
 from pipeline.errors import Conflict, DataError
 from pipeline.kinds import BY_NAME, KINDS
+from pipeline.kinds.agent_tasks import EVENTS, TRANSCRIPTS
 from pipeline.kinds.base import Row, Target, keep_first, newest, same_json
 from pipeline.kinds.rubrics import RUBRICS
-from pipeline.kinds.tasks import EVENTS, TRANSCRIPTS
 
 IMMUTABLE = {
     "rubrics",

@@ -10,13 +10,13 @@ import pytest
 
 WRITE_PATH = (
     "pipeline.kinds",
-    "pipeline.coalescer",
-    "pipeline.jobs",
-    "pipeline.worker",
-    "pipeline.client",
+    "pipeline.worker.coalescer",
+    "pipeline.worker.jobs",
+    "pipeline.worker.service",
+    "pipeline.producer.client",
 )
 # arq's own package imports arq.worker, so the producer can only keep the pipeline's worker out.
-WORKER = ("pipeline.coalescer", "pipeline.jobs", "pipeline.worker")
+WORKER = ("pipeline.worker.coalescer", "pipeline.worker.jobs", "pipeline.worker.service")
 
 
 def loaded_after(statement: str) -> list[str]:
@@ -45,4 +45,4 @@ def test_import_direction(statement: str, forbidden: tuple[str, ...]) -> None:
 
 def test_worker_settings_is_exported_lazily() -> None:
     loaded = loaded_after("import pipeline; assert pipeline.WorkerSettings.functions")
-    assert "pipeline.worker" in loaded
+    assert "pipeline.worker.service" in loaded

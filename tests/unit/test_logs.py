@@ -13,7 +13,7 @@ import pytest
 import structlog
 
 from pipeline import logs
-from pipeline.db import redacted
+from pipeline.postgres import redacted
 from pipeline.settings import Settings
 
 

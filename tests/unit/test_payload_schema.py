@@ -14,12 +14,12 @@ import jsonschema
 import pydantic
 import pytest
 
-from pipeline import atomic, payload_schema
 from pipeline.cli import main
 from pipeline.errors import InvalidPayload
-from pipeline.kinds import BY_NAME, KINDS, Target, WriteKind
+from pipeline.kinds import BY_NAME, KINDS, Target, WriteKind, atomic
 from pipeline.kinds.fields import TIMESTAMP_PATTERN, Timestamp
-from pipeline.payload_schema import DRAFT
+from pipeline.producer import json_schema
+from pipeline.producer.json_schema import DRAFT
 from pipeline.settings import get_settings
 
 GOOD: dict[str, dict[str, Any]] = {
@@ -260,7 +260,7 @@ def test_a_job_s_list_of_items_is_bounded_by_the_worker_s_limit(
 @pytest.mark.parametrize("name", list(BY_NAME))
 def test_the_schema_refuses_a_payload_the_worker_would_count_over_its_limit(name: str) -> None:
     limit = 3
-    schema = validator(payload_schema.schemas(max_items=limit)[name])
+    schema = validator(json_schema.schemas(max_items=limit)[name])
     if BY_NAME[name].items is None:  # one row a job: no payload can go over the limit
         assert rows(name, SAMPLES[name]) == 1
         return
@@ -289,7 +289,7 @@ def test_the_cli_takes_the_limit_from_the_worker_s_setting(
 
 def test_a_timestamp_needs_a_zone_in_the_schema_as_in_the_worker() -> None:
     adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(Timestamp)
-    events = validator(payload_schema.schemas()["record_events"])
+    events = validator(json_schema.schemas()["record_events"])
     event = GOOD["record_events"]["events"][0]
     for text, accepted in TIMESTAMPS:
         assert (re.search(TIMESTAMP_PATTERN, text) is not None) is accepted, text
@@ -304,7 +304,7 @@ def test_a_timestamp_needs_a_zone_in_the_schema_as_in_the_worker() -> None:
 
 
 def test_every_timestamp_of_every_schema_carries_the_pattern() -> None:
-    document = payload_schema.schemas()
+    document = json_schema.schemas()
     found = [s for schema in document.values() for s in formats(schema, "date-time")]
     assert len(found) >= 6  # heartbeat.at, transcripts, events: in their kinds and in atomic
     assert all(s["pattern"] == TIMESTAMP_PATTERN and s["type"] == "string" for s in found)
@@ -342,7 +342,7 @@ def test_an_atomic_payload_is_checked_write_by_write(capsys: pytest.CaptureFixtu
 
 
 def test_an_atomic_write_over_the_limit_fails_the_schema() -> None:
-    schema = validator(payload_schema.atomic_schema(max_items=3))
+    schema = validator(json_schema.atomic_schema(max_items=3))
     unit = {"writes": [{"kind": "insert_nodes", "args": with_items("insert_nodes", 3)}]}
     assert list(schema.iter_errors(unit)) == []
     over = {"writes": [{"kind": "insert_nodes", "args": with_items("insert_nodes", 4)}]}
@@ -350,7 +350,7 @@ def test_an_atomic_write_over_the_limit_fails_the_schema() -> None:
 
 
 def test_the_atomic_document_holds_every_kind_and_its_refs_resolve() -> None:
-    document = payload_schema.atomic_schema()
+    document = json_schema.atomic_schema()
     defs = document["$defs"]
     branches = document["properties"]["writes"]["items"]["oneOf"]
     assert [b["properties"]["kind"]["const"] for b in branches] == [k.name for k in KINDS]
@@ -358,7 +358,7 @@ def test_the_atomic_document_holds_every_kind_and_its_refs_resolve() -> None:
         name = branch["properties"]["kind"]["const"]
         assert branch["properties"]["args"] == {"$ref": f"#/$defs/{name}"}
         assert branch["required"] == ["kind", "args"] and branch["additionalProperties"] is False
-        own = payload_schema.schema(BY_NAME[name])
+        own = json_schema.schema(BY_NAME[name])
         for key, definition in own.pop("$defs", {}).items():
             assert defs[key] == definition, (name, key)
         assert {k: v for k, v in defs[name].items() if k != "description"} == {
@@ -386,8 +386,8 @@ def fake_kind(name: str, value: type) -> WriteKind[Any]:
 def test_two_kinds_defining_one_name_differently_fail_loudly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(payload_schema, "KINDS", (fake_kind("a", int), fake_kind("b", int)))
-    assert list(payload_schema.atomic_schema(max_items=3)["$defs"]) == ["Item", "a", "b"]
-    monkeypatch.setattr(payload_schema, "KINDS", (fake_kind("a", int), fake_kind("b", str)))
+    monkeypatch.setattr(json_schema, "KINDS", (fake_kind("a", int), fake_kind("b", int)))
+    assert list(json_schema.atomic_schema(max_items=3)["$defs"]) == ["Item", "a", "b"]
+    monkeypatch.setattr(json_schema, "KINDS", (fake_kind("a", int), fake_kind("b", str)))
     with pytest.raises(ValueError, match="'Item' of b differs from that of a"):
-        payload_schema.atomic_schema(max_items=3)
+        json_schema.atomic_schema(max_items=3)

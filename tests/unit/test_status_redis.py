@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from fakeredis import FakeAsyncRedis
 
-from pipeline import status
 from pipeline.logs import worker_id
+from pipeline.ops import status
 
 NOW = 1_800_000_000_000
 QUEUE = "pipeline:unit[1]"  # glob characters must not widen the workers' pattern

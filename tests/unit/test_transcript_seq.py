@@ -12,7 +12,7 @@ import pydantic
 import pytest
 
 from pipeline.kinds import BY_NAME
-from pipeline.kinds.tasks import TranscriptItem, derived_seq
+from pipeline.kinds.agent_tasks import TranscriptItem, derived_seq
 
 BASE: dict[str, Any] = {
     "task_id": "TASK-1",

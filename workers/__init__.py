@@ -1,4 +1,0 @@
-"""Reference workers that the pipeline is measured against (``pipeline bench``).
-
-The production worker is ``pipeline.WorkerSettings``; nothing here is imported by it.
-"""
