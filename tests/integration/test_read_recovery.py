@@ -163,6 +163,6 @@ def test_every_public_read_of_every_repository_is_wrapped() -> None:
 
 def test_a_producer_exposes_the_read_metrics_by_registering_the_registry() -> None:
     theirs = CollectorRegistry()
-    theirs.register(READ_METRICS)  # what the README tells a producer to do with its registry
+    theirs.register(READ_METRICS)  # what docs/reading.md tells a producer to do with its registry
     names = {family.name for family in theirs.collect()}
     assert {"pipeline_read_duration_seconds", "pipeline_db_pool_checked_out"} <= names

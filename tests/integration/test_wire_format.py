@@ -1,4 +1,4 @@
-"""The wire format as README documents it for a producer in another language: jobs written and
+"""The wire format of docs/producing.md, for a producer in another language: jobs written and
 results read with nothing but Redis commands and plain msgpack, in both worker modes. A receipt is
 a plain map; a failure is ``{"error", "message", "dead_letter_id"}``, with the id of the job's row
 in ``dead_letters``."""
@@ -39,7 +39,7 @@ async def plain(settings: Settings) -> AsyncIterator[aioredis.Redis]:
 
 
 async def enqueue(client: aioredis.Redis, settings: Settings, function: str, **kwargs: Any) -> str:
-    """Enqueue a job as README's wire format says: the job key, then its id in the queue."""
+    """Enqueue a job as docs/producing.md says: the job key, then its id in the queue."""
     job_id = uuid.uuid4().hex
     now_ms = int(time.time() * 1000)
     job = {"t": None, "f": function, "a": [], "k": kwargs, "et": now_ms}

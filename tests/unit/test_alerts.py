@@ -1,6 +1,6 @@
 """The alerts fire when they must: ``promtool`` checks the rules and runs their unit tests
 (deploy/prometheus/alerts.test.yml), every alert has a test case in which it fires and is silent
-in the healthy one, every alert carries a severity and a runbook the README really has, and the
+in the healthy one, every alert carries a severity and a runbook docs/operations.md has, and the
 queue's gauges, which every target reports alike, are aggregated with max.
 
 promtool comes with Debian's ``prometheus`` package, which ``./run test`` installs when it runs
@@ -131,7 +131,7 @@ def test_every_alert_has_a_severity_a_summary_and_a_runbook() -> None:
         assert rule["labels"]["severity"] in SEVERITIES, name
         annotations = rule["annotations"]
         assert set(annotations) == {"summary", "description", "runbook_url"}, name
-        assert annotations["runbook_url"] == f"README.md#{name.lower()}"
+        assert annotations["runbook_url"] == f"docs/operations.md#{name.lower()}"
         assert all(annotations[key].strip() for key in ("summary", "description")), name
 
 
@@ -140,8 +140,8 @@ def github_anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def test_the_readme_has_a_runbook_for_each_alert_and_no_other() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_operations_page_has_a_runbook_for_each_alert_and_no_other() -> None:
+    readme = (ROOT / "docs" / "operations.md").read_text()
     section = readme.split("\n### Runbooks\n", 1)[1].split("\n## ", 1)[0]
     runbooks = re.findall(r"^#### (.+)$", section, flags=re.MULTILINE)
     assert sorted(runbooks) == sorted(alert_names())

@@ -214,7 +214,7 @@ def test_every_deployment_runs_arqs_command_with_the_log_dict(compose: dict[str,
         line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line
     )
     assert procfile["worker"].split() == ARQ_COMMAND
-    assert " ".join(ARQ_COMMAND) in (ROOT / "README.md").read_text()
+    assert " ".join(ARQ_COMMAND) in (ROOT / "docs" / "operations.md").read_text()
     module, _, name = ARQ_COMMAND[-1].rpartition(".")
     assert isinstance(getattr(importlib.import_module(module), name), dict)
 

@@ -30,7 +30,7 @@ def seq(**changes: Any) -> int:
 
 
 def by_the_recipe(fields: list[str]) -> int:
-    """The README's recipe, written out: a length-prefixed UTF-8 field each, blake2b of 8 bytes."""
+    """docs/write-kinds.md's recipe: a length-prefixed UTF-8 field each, blake2b of 8 bytes."""
     digest = hashlib.blake2b(digest_size=8)
     for field in fields:
         data = field.encode("utf-8")
