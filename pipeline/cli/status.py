@@ -150,16 +150,14 @@ def _workers(status: Status) -> Table:
     for header in ("state", "seen", "batches", "last flush", "jobs", "rows", "ms"):
         table.add_column(header, justify="left" if header == "state" else "right")
     for w in status.workers:
-        flush = w.last_flush or {}
+        flush = w.last_flush
         table.add_row(
             w.worker_id,
             w.state,
             _ago(w.seen_age_s),
             str(w.batches),
-            _since(status.at, flush["at"]) if "at" in flush else "never",
-            str(flush.get("jobs", "-")),
-            str(flush.get("rows", "-")),
-            str(flush.get("duration_ms", "-")),
+            _since(status.at, flush.at) if flush and flush.at else "never",
+            *((str(flush.jobs), str(flush.rows), str(flush.duration_ms)) if flush else "---"),
         )
     if not status.workers:
         table.caption = "no worker has published in the last minute"

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,6 +25,8 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+
+from pipeline.ops.flushes import FlushReport
 
 # ``*_created`` series (a timestamp per label child) double what a scrape carries and no
 # dashboard of ours reads them; this is process-wide, and the worker owns its process.
@@ -59,7 +60,25 @@ ROWS_WRITTEN = Counter(
 BATCH_ROWS = Histogram(
     "pipeline_batch_rows",
     "Rows per flushed batch.",
-    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
+    buckets=(
+        1,
+        2,
+        5,
+        10,
+        20,
+        50,
+        100,
+        200,
+        500,
+        1000,
+        2000,
+        5000,
+        10000,
+        20000,
+        50000,
+        100000,
+        200000,
+    ),
     registry=REGISTRY,
 )
 BATCH_JOBS = Histogram(
@@ -154,23 +173,18 @@ def dead_lettered(kind: str, reason: str) -> None:
     DEAD_LETTERS.labels(kind=kind, reason=reason).inc()
 
 
-def flushed(summary: Mapping[str, Any], failures: Iterable[str]) -> None:
-    """Record one flush from the coalescer's summary of it (its ``last_flush``).
-
-    ``summary`` has ``jobs``, ``rows``, ``written`` (committed rows by kind), ``retries``,
-    ``duration_ms`` and ``batch_id`` (None when nothing committed); ``failures`` names the
-    error class of each job the flush did not commit.
-    """
-    BATCH_ROWS.observe(summary["rows"])
-    BATCH_JOBS.observe(summary["jobs"])
-    FLUSH_DURATION.observe(summary["duration_ms"] / 1000)
-    if summary["retries"]:
-        BATCH_RETRIES.inc(summary["retries"])
-    for kind, rows in summary["written"].items():
+def flushed(report: FlushReport, failures: Iterable[str]) -> None:
+    """Record one flush; ``failures`` names the error class of each job it did not commit."""
+    BATCH_ROWS.observe(report.rows)
+    BATCH_JOBS.observe(report.jobs)
+    FLUSH_DURATION.observe(report.duration_ms / 1000)
+    if report.retries:
+        BATCH_RETRIES.inc(report.retries)
+    for kind, rows in report.written.items():
         ROWS_WRITTEN.labels(kind=kind).inc(rows)
     for reason in failures:
         FLUSH_FAILURES.labels(reason=reason).inc()
-    if summary["batch_id"] is not None:
+    if report.batch_id is not None:
         LAST_FLUSH.set(time.time())
 
 

@@ -27,7 +27,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol
 
 import redis.asyncio as aioredis
@@ -38,6 +38,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.logs import worker_id
+from pipeline.ops.flushes import FlushReport
 from pipeline.ops.pause import Pause, pause_key, paused
 from pipeline.postgres import create_engine
 from pipeline.producer.client import create_pool
@@ -99,8 +100,8 @@ class WorkerStatus(_Model):
     seen_at: dt.datetime
     seen_age_s: float = 0.0
     batches: int = 0
-    last_flush: dict[str, Any] | None = None
-    recent_flushes: list[dict[str, Any]] = []
+    last_flush: FlushReport | None = None
+    recent_flushes: list[FlushReport] = []
 
 
 class DeadLetterStatus(_Model):
@@ -139,12 +140,12 @@ class FlushSource(Protocol):
         """Batches flushed since start-up."""
 
     @property
-    def last_flush(self) -> Mapping[str, Any] | None:
-        """The last flush's summary (its ``at``, jobs, rows, duration…), None before the first."""
+    def last_flush(self) -> FlushReport | None:
+        """The last flush's report, None before the first."""
 
     @property
-    def recent_flushes(self) -> Iterable[Mapping[str, Any]]:
-        """The last few flushes' summaries, newest last."""
+    def recent_flushes(self) -> Iterable[FlushReport]:
+        """The last few flushes' reports, newest last."""
 
 
 def worker_key(queue_name: str, worker: str) -> str:
@@ -161,11 +162,11 @@ def index_key(queue_name: str) -> str:
 async def publish(
     redis: aioredis.Redis,
     worker: str,
-    last_flush: Mapping[str, Any] | None,
+    last_flush: FlushReport | None,
     *,
     queue_name: str,
     batches: int = 0,
-    recent: Iterable[Mapping[str, Any]] = (),
+    recent: Iterable[FlushReport] = (),
     started_at: dt.datetime | None = None,
     state: Literal["running", "stopped"] = "running",
     ttl_s: int = WORKER_TTL_S,
@@ -180,8 +181,8 @@ async def publish(
         "started_at": started_at.isoformat() if started_at else None,
         "seen_at": dt.datetime.now(dt.UTC).isoformat(),
         "batches": batches,
-        "last_flush": dict(last_flush) if last_flush is not None else None,
-        "recent_flushes": [dict(flush) for flush in recent],
+        "last_flush": last_flush.fields() if last_flush is not None else None,
+        "recent_flushes": [flush.fields() for flush in recent],
     }
     now_ms = int(time.time() * 1000)
     async with redis.pipeline(transaction=False) as pipe:

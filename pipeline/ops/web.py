@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import html
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import redis.asyncio as aioredis
 from sqlalchemy import text
@@ -86,7 +85,7 @@ def _workers(seen: list[status.WorkerStatus]) -> str:
             w.state,
             f"{w.seen_age_s:.1f} s ago",
             w.batches,
-            (w.last_flush or {}).get("at", "never"),
+            w.last_flush.at if w.last_flush else "never",
         )
         for w in seen
     ]
@@ -98,19 +97,17 @@ def _workers(seen: list[status.WorkerStatus]) -> str:
 
 
 def _flushes(seen: list[status.WorkerStatus]) -> str:
-    flushes: list[tuple[str, dict[str, Any]]] = [
-        (w.worker_id, flush) for w in seen for flush in w.recent_flushes
-    ]
-    flushes.sort(key=lambda item: str(item[1].get("at", "")), reverse=True)
+    flushes = [(w.worker_id, flush) for w in seen for flush in w.recent_flushes]
+    flushes.sort(key=lambda item: item[1].at, reverse=True)
     rows = [
         (
-            str(flush.get("at", "")),
+            flush.at,
             worker,
-            flush.get("jobs", 0),
-            flush.get("rows", 0),
-            flush.get("failed", 0),
-            flush.get("duration_ms", 0),
-            ", ".join(flush.get("kinds", [])),
+            flush.jobs,
+            flush.rows,
+            flush.failed,
+            flush.duration_ms,
+            ", ".join(flush.kinds),
         )
         for worker, flush in flushes[:20]
     ]

@@ -34,7 +34,6 @@ import time
 import uuid
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -49,6 +48,7 @@ from tenacity import (
 from pipeline.errors import DataError, MissingReference, PipelineError, TransientError, classify
 from pipeline.kinds.base import Invalidation, Prepared, Report, Row, Target
 from pipeline.ops import metrics
+from pipeline.ops.flushes import FlushReport
 from pipeline.worker.gate import DatabaseGate
 from pipeline.worker.outcomes import Receipt, Tally, refuse_within, settled, tally
 
@@ -119,12 +119,12 @@ class Coalescer:
         self._held: list[tuple[set[int], Submission]] = []  # waiting for these flushes to end
         self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0
-        #: The last flushes' summaries, newest last (what status and the web page show).
-        self.recent_flushes: deque[dict[str, Any]] = deque(maxlen=RECENT_FLUSHES)
+        #: The last flushes' reports, newest last (what status and the web page show).
+        self.recent_flushes: deque[FlushReport] = deque(maxlen=RECENT_FLUSHES)
 
     @property
-    def last_flush(self) -> dict[str, Any] | None:
-        """The last flush's summary (as logged), None before the first."""
+    def last_flush(self) -> FlushReport | None:
+        """The last flush's report, None before the first."""
         return self.recent_flushes[-1] if self.recent_flushes else None
 
     def start(self) -> None:
@@ -236,27 +236,25 @@ class Coalescer:
         _settle(flush.outcomes)
         self.batches += 1
         failed = [type(o).__name__ for o in flush.outcomes.values() if isinstance(o, Exception)]
-        summary: dict[str, Any] = {
-            "batch_id": flush.batch_ids[0] if flush.batch_ids else None,
-            "jobs": len(batch),
-            "rows": sum(s.size for s in batch),
-            "kinds": sorted({s.kind for s in batch}),
-            "transactions": flush.transactions,
-            "retries": flush.retries,
-            "failed": len(failed),
-            "held": held,  # written again once the flushes running alongside have ended
-            "requeued": requeued,  # kept for when PostgreSQL answers again
-            "written": dict(flush.applied),  # rows applied, by kind
-            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-            "at": dt.datetime.now(dt.UTC).isoformat(),
-        }
-        if len(flush.batch_ids) > 1:  # split to isolate a bad job: each part has its own id
-            summary["batch_ids"] = flush.batch_ids
-        if failed:  # why, by error class: each job's own reason is in its retry or dead letter
-            summary["failures"] = dict(Counter(failed))
-        self.recent_flushes.append(summary)
-        log.info("batch flushed", **summary)
-        metrics.flushed(summary, failed)
+        report = FlushReport(
+            batch_id=flush.batch_ids[0] if flush.batch_ids else None,
+            jobs=len(batch),
+            rows=sum(s.size for s in batch),
+            kinds=tuple(sorted({s.kind for s in batch})),
+            transactions=flush.transactions,
+            retries=flush.retries,
+            failed=len(failed),
+            held=held,
+            requeued=requeued,
+            written=dict(flush.applied),
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            at=dt.datetime.now(dt.UTC).isoformat(),
+            batch_ids=tuple(flush.batch_ids),
+            failures=dict(Counter(failed)),
+        )
+        self.recent_flushes.append(report)
+        log.info("batch flushed", **report.fields())
+        metrics.flushed(report, failed)
 
     async def _requeue_if_unreachable(
         self, outcomes: dict[Submission, Receipt | PipelineError]

@@ -85,7 +85,7 @@ async def in_one_batch(
     finally:
         await worker.close()
     assert coalescer.batches == 2 and coalescer.last_flush is not None
-    assert coalescer.last_flush["jobs"] == len(calls)  # the calls shared one batch
+    assert coalescer.last_flush.jobs == len(calls)  # the calls shared one batch
     return jobs, worker
 
 

@@ -126,7 +126,7 @@ async def test_a_write_waits_for_its_parent_in_another_flushers_transaction(
                 break
             await asyncio.sleep(0.01)
         assert coalescer.batches == 1 and not sampling.done()
-        assert coalescer.last_flush is not None and coalescer.last_flush["held"] == 1
+        assert coalescer.last_flush is not None and coalescer.last_flush.held == 1
         commit.set()
         first, second = await asyncio.wait_for(asyncio.gather(inserting, sampling), 5)
     finally:

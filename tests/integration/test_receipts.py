@@ -50,7 +50,7 @@ async def test_receipts_of_coalesced_jobs_count_what_each_applied(
     assert all(r["rows"] == 1 and r["jobs"] == len(calls) for r in receipts)
     coalescer: Coalescer = worker.ctx["pipeline"].coalescer
     assert coalescer.last_flush is not None
-    assert coalescer.last_flush["written"] == {
+    assert coalescer.last_flush.written == {
         "update_scores": 2,
         "record_events": 1,
         "upsert_project": 0,

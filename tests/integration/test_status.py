@@ -167,7 +167,7 @@ async def test_a_running_worker_publishes_every_second_and_says_when_it_stopped(
     await job.result(timeout=10)
 
     first = await published(producer, settings.queue_name, lambda w: w.last_flush is not None)
-    assert first.state == "running" and first.last_flush["rows"] == 1
+    assert first.state == "running" and first.last_flush.rows == 1
     key = status.worker_key(settings.queue_name, first.worker_id)
     assert 0 < await producer.ttl(key) <= status.WORKER_TTL_S
 

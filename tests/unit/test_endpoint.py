@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from redis.asyncio import Redis
 
 from pipeline.ops import metrics
 from pipeline.ops.endpoint import Endpoint
+from pipeline.ops.flushes import FlushReport
 from pipeline.ops.queue_metrics import QUEUE_REGISTRY, QueueSampler
 from pipeline.settings import Settings
 
@@ -115,14 +117,26 @@ def test_a_flush_is_recorded_once_per_batch() -> None:
         "retries": sample("pipeline_batch_retries_total"),
         "failed": sample("pipeline_flush_failures_total", reason="DataError"),
     }
-    summary = {"batch_id": "b", "jobs": 3, "rows": 12, "retries": 2, "duration_ms": 4.0}
-    metrics.flushed({**summary, "written": {"unit_kind": 10}}, ["DataError"])
+    report = FlushReport(
+        batch_id="b", jobs=3, rows=12, retries=2, duration_ms=4.0, written={"unit_kind": 10}
+    )
+    metrics.flushed(report, ["DataError"])
     assert sample("pipeline_batch_rows_sum") - before["rows"] == 12
     assert sample("pipeline_batch_rows_count") - before["count"] == 1
     assert sample("pipeline_rows_written_total", kind="unit_kind") - before["written"] == 10
     assert sample("pipeline_batch_retries_total") - before["retries"] == 2
     assert sample("pipeline_flush_failures_total", reason="DataError") - before["failed"] == 1
     assert sample("pipeline_last_flush_timestamp_seconds") > 0
+
+
+def test_batch_sizes_are_told_apart_up_to_the_largest_batch() -> None:
+    """A batch may hold 200,000 rows: the histogram's buckets reach that far."""
+    bucket = functools.partial(sample, "pipeline_batch_rows_bucket")
+    before = {le: bucket(le=le) for le in ("100000.0", "200000.0", "+Inf")}
+    metrics.flushed(FlushReport(batch_id="b", jobs=1, rows=150_000), [])
+    assert bucket(le="100000.0") - before["100000.0"] == 0
+    assert bucket(le="200000.0") - before["200000.0"] == 1
+    assert bucket(le="+Inf") - before["+Inf"] == 1
 
 
 def test_jobs_are_counted_by_kind_and_outcome_from_zero() -> None:

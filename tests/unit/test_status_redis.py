@@ -13,6 +13,7 @@ from fakeredis import FakeAsyncRedis
 
 from pipeline.logs import worker_id
 from pipeline.ops import status
+from pipeline.ops.flushes import FlushReport
 
 NOW = 1_800_000_000_000
 QUEUE = "pipeline:unit[1]"  # glob characters must not widen the workers' pattern
@@ -30,8 +31,8 @@ class Source:
 
     def __init__(self) -> None:
         self.batches = 0
-        self.last_flush: dict[str, Any] | None = None
-        self.recent_flushes: list[dict[str, Any]] = []
+        self.last_flush: FlushReport | None = None
+        self.recent_flushes: list[FlushReport] = []
 
 
 async def test_jobs_are_in_progress_due_or_deferred(redis: FakeAsyncRedis) -> None:
@@ -84,7 +85,7 @@ async def test_a_publisher_publishes_until_stopped_then_says_so(redis: FakeAsync
     )
     assert 0 < await redis.ttl(key) <= status.WORKER_TTL_S
 
-    source.batches, source.last_flush = 3, {"at": "2026-01-01T00:00:00+00:00", "rows": 7}
+    source.batches, source.last_flush = 3, FlushReport(at="2026-01-01T00:00:00+00:00", rows=7)
     await status.stop_publishing(ctx)
     await status.stop_publishing(ctx)  # arq may shut a worker down twice
     assert "status_publisher" not in ctx
