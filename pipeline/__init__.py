@@ -1,8 +1,9 @@
 """pipeline: the write path producers hand their writes to.
 
-Producers use :func:`create_pool` (or :class:`PipelineClient`); ``arq pipeline.WorkerSettings``
-runs the worker. Every name here is loaded on first use (PEP 562), so importing one part (the
-producer client, the read repository) never loads another (the worker, the write path).
+Producers use :func:`create_pool`, :class:`PipelineClient` or :class:`CoalescingClient`; ``arq
+pipeline.WorkerSettings`` runs the worker. Every name here is loaded on first use (PEP 562), so
+importing one part (the producer client, the read repository) never loads another (the worker, the
+write path).
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipeline.errors import JobFailed, PipelineError
-    from pipeline.producer.client import PipelineClient, Receipt, create_pool
+    from pipeline.producer.client import PipelineClient, create_pool
+    from pipeline.producer.coalescing import CoalescingClient
+    from pipeline.receipts import Receipt
     from pipeline.serialization import UNDELIVERABLE
     from pipeline.worker.service import WorkerSettings
 
 _EXPORTS = {
     "create_pool": "pipeline.producer.client",
     "PipelineClient": "pipeline.producer.client",
-    "Receipt": "pipeline.producer.client",
+    "CoalescingClient": "pipeline.producer.coalescing",
+    "Receipt": "pipeline.receipts",
     "JobFailed": "pipeline.errors",
     "PipelineError": "pipeline.errors",
     "UNDELIVERABLE": "pipeline.serialization",
@@ -27,6 +31,7 @@ _EXPORTS = {
 }
 __all__ = [
     "UNDELIVERABLE",
+    "CoalescingClient",
     "JobFailed",
     "PipelineClient",
     "PipelineError",

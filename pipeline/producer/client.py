@@ -9,7 +9,6 @@ queued.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from collections.abc import Collection
 from types import TracebackType
@@ -18,30 +17,15 @@ from typing import Any
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from arq.jobs import Job
-from pydantic import BaseModel
 
 from pipeline.errors import InvalidPayload, StillQueued, UnknownFunction
 from pipeline.kinds import ATOMIC, BY_NAME, FUNCTION_NAMES, atomic
 from pipeline.limits import Limits
 from pipeline.producer.enqueue import RetryingRedis
+from pipeline.receipts import Receipt
 from pipeline.redis_queue import close_sentinels, connect_queue, queue_redis
 from pipeline.serialization import deserialize, serialize
 from pipeline.settings import Settings, get_settings
-
-
-class Receipt(BaseModel):
-    """What became of a job's rows, once its transaction committed.
-
-    ``rows`` is what it sent, ``applied`` the rows inserted or changed, ``unchanged`` the rest;
-    ``jobs`` the jobs that shared the transaction. A job with nothing to write has no batch.
-    """
-
-    batch_id: str | None
-    rows: int
-    applied: int
-    unchanged: int
-    jobs: int
-    committed_at: dt.datetime | None
 
 
 async def create_pool(
@@ -100,7 +84,7 @@ async def receipt_of(job: Job, function: str, timeout: float) -> Receipt:
             f"status` shows the queue; `Job({job.job_id!r}, redis).result()` waits on)",
             job_id=job.job_id,
         ) from None
-    return Receipt.model_validate(result)
+    return Receipt.of(result)
 
 
 class PipelineClient:

@@ -28,7 +28,8 @@ from pydantic import TypeAdapter, ValidationError
 from pipeline.errors import InvalidPayload, UnknownFunction
 from pipeline.kinds import BY_NAME
 from pipeline.kinds.base import describe
-from pipeline.producer.client import PipelineClient, Receipt, receipt_of
+from pipeline.producer.client import PipelineClient, receipt_of
+from pipeline.receipts import Receipt
 from pipeline.serialization import serialize
 from pipeline.settings import Settings
 

@@ -49,8 +49,9 @@ from pipeline.errors import DataError, MissingReference, PipelineError, Transien
 from pipeline.kinds.base import Invalidation, Prepared, Report, Row, Target
 from pipeline.ops import metrics
 from pipeline.ops.flushes import FlushReport
+from pipeline.receipts import JobResult
 from pipeline.worker.gate import DatabaseGate
-from pipeline.worker.outcomes import Receipt, Tally, refuse_within, settled, tally
+from pipeline.worker.outcomes import Tally, refuse_within, settled, tally
 
 log = structlog.get_logger("pipeline.coalescer")
 RECENT_FLUSHES = 10
@@ -66,7 +67,7 @@ class Submission:
     job_id: str
     kind: str
     parts: Parts
-    future: asyncio.Future[Receipt]
+    future: asyncio.Future[JobResult]
     atomic: bool = False  # all its rows commit together, or none does
     held: bool = False  # already held once for a concurrent flush (see the module docstring)
     applied_earlier: int = 0  # rows an earlier flush of this job applied (before it was held)
@@ -82,7 +83,7 @@ class Flush:
 
     transactions: int = 0
     retries: int = 0
-    outcomes: dict[Submission, Receipt | PipelineError] = field(default_factory=dict)
+    outcomes: dict[Submission, JobResult | PipelineError] = field(default_factory=dict)
     batch_ids: list[str] = field(default_factory=list)  # of the transactions that committed
     applied: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # rows, by kind
 
@@ -154,13 +155,13 @@ class Coalescer:
 
     async def submit(
         self, job_id: str, kind: str, parts: Parts, *, urgent: bool = False, atomic: bool = False
-    ) -> Receipt:
+    ) -> JobResult:
         """Queue a job's rows; return its receipt once they are committed.
 
         An urgent job goes to the front of the queue, so it is in the next transaction even when
         a backlog of full batches waits.
         """
-        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
         submission = Submission(job_id, kind, parts, future, atomic=atomic)
         if urgent:
             self._pending.appendleft(submission)
@@ -257,7 +258,7 @@ class Coalescer:
         metrics.flushed(report, failed)
 
     async def _requeue_if_unreachable(
-        self, outcomes: dict[Submission, Receipt | PipelineError]
+        self, outcomes: dict[Submission, JobResult | PipelineError]
     ) -> int:
         """Take the transient failures out of ``outcomes``: back to the front of the queue if
         PostgreSQL does not answer now (the gate closes), else marked ``reachable``."""
@@ -274,7 +275,7 @@ class Coalescer:
         self.pending_rows += sum(sub.size for sub in failed)
         return len(failed)
 
-    def _hold(self, outcomes: dict[Submission, Receipt | PipelineError], others: set[int]) -> int:
+    def _hold(self, outcomes: dict[Submission, JobResult | PipelineError], others: set[int]) -> int:
         """Take out of ``outcomes`` the missing references another flush may yet commit."""
         if not others:
             return 0
@@ -371,7 +372,7 @@ def _log_retry(state: RetryCallState) -> None:
     log.warning("batch retry", attempt=state.attempt_number, error=str(error))
 
 
-def _settle(outcomes: dict[Submission, Receipt | PipelineError]) -> None:
+def _settle(outcomes: dict[Submission, JobResult | PipelineError]) -> None:
     for sub, outcome in outcomes.items():
         if sub.future.done():  # the job was cancelled meanwhile; its rerun is idempotent
             continue

@@ -26,12 +26,13 @@ from pipeline.kinds import ATOMIC, atomic
 from pipeline.kinds.base import WriteKind
 from pipeline.limits import Limits
 from pipeline.ops import dead_letters, metrics
+from pipeline.receipts import JobResult
 from pipeline.serialization import OVERSIZED
 from pipeline.settings import Settings
 from pipeline.worker import retries
 from pipeline.worker.coalescer import Coalescer, Parts
-from pipeline.worker.outcomes import Receipt
 from pipeline.worker.retries import RetryClock
+from pipeline.worker.runtime import runtime
 
 log = structlog.get_logger("pipeline.jobs")
 
@@ -54,7 +55,7 @@ def read_kind(kind: WriteKind[Any]) -> Reader:
 
 
 class JobRunner:
-    """Runs one write job; shared by all job functions of a worker process (kept in ``ctx``).
+    """Runs one write job; shared by all job functions of a worker process (its runtime's).
 
     Every job has one deadline, a little before arq's job timeout, for everything it awaits:
     its commit, its dead letter, the settling of a replay. A job that reaches it goes back to the
@@ -81,7 +82,7 @@ class JobRunner:
         kwargs: dict[str, Any],
         *,
         atomic: bool = False,
-    ) -> Receipt:
+    ) -> JobResult:
         """Validate, write and settle one job, and count what became of it."""
         metrics.IN_FLIGHT.count += 1
         try:
@@ -101,7 +102,7 @@ class JobRunner:
         deadline = asyncio.get_running_loop().time() + self.commit_wait_s
         return _Job(function, ctx, kwargs, deadline, deadline + self.settle_s * 0.75)
 
-    async def _run(self, job: _Job, read: Reader, args: tuple[Any, ...], atomic: bool) -> Receipt:
+    async def _run(self, job: _Job, read: Reader, args: tuple[Any, ...], atomic: bool) -> JobResult:
         try:
             self._check_runs(job)
             parts, urgent = self._read(job, read, args)
@@ -114,7 +115,9 @@ class JobRunner:
             await self._dead_letter(job, error)
             raise error from exc
         if not any(rows for _, rows in parts):  # nothing to write: done, without a transaction
-            return Receipt(batch_id=None, rows=0, applied=0, unchanged=0, jobs=0, committed_at=None)
+            return JobResult(
+                batch_id=None, rows=0, applied=0, unchanged=0, jobs=0, committed_at=None
+            )
         try:
             async with asyncio.timeout_at(job.deadline):  # no extra task, unlike wait_for
                 receipt = await self.coalescer.submit(
@@ -154,7 +157,7 @@ class JobRunner:
         self.limits.check_items(function, sum(len(rows) for _, rows in parts))
         return parts, urgent
 
-    async def _with_earlier_runs(self, job: _Job, receipt: Receipt) -> Receipt:
+    async def _with_earlier_runs(self, job: _Job, receipt: JobResult) -> JobResult:
         """The receipt, counting the rows earlier runs of the job applied (runs that ended on a
         missing reference commit their other rows). Only a job that may have run before — its
         score is not its enqueue time — asks Redis."""
@@ -169,7 +172,7 @@ class JobRunner:
         if not earlier:
             return receipt
         applied = min(receipt["rows"], receipt["applied"] + earlier)
-        return Receipt({**receipt, "applied": applied, "unchanged": receipt["rows"] - applied})
+        return JobResult({**receipt, "applied": applied, "unchanged": receipt["rows"] - applied})
 
     async def _hand_back(self, job: _Job, error: PipelineError, cause: BaseException) -> NoReturn:
         """Send the job back to the queue with ``Retry`` (its try given back), or dead-letter it
@@ -323,9 +326,8 @@ def job_function(kind: WriteKind[Any]) -> WorkerCoroutine:
     metrics.declare_kind(kind.name)
     read = read_kind(kind)
 
-    async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Receipt:
-        runner: JobRunner = ctx["pipeline"]
-        return await runner.run(kind.name, read, ctx, args, kwargs)
+    async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> JobResult:
+        return await runtime(ctx).jobs.run(kind.name, read, ctx, args, kwargs)
 
     run.__name__ = run.__qualname__ = kind.name
     run.__doc__ = f"arq job ``{kind.name}``: {kind.payload.__doc__}"
@@ -336,9 +338,8 @@ def atomic_function() -> WorkerCoroutine:
     """The arq coroutine of ``atomic``: several kinds' writes, committed together or not at all."""
     metrics.declare_kind(ATOMIC)
 
-    async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Receipt:
-        runner: JobRunner = ctx["pipeline"]
-        return await runner.run(ATOMIC, atomic.parts, ctx, args, kwargs, atomic=True)
+    async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> JobResult:
+        return await runtime(ctx).jobs.run(ATOMIC, atomic.parts, ctx, args, kwargs, atomic=True)
 
     run.__name__ = run.__qualname__ = ATOMIC
     run.__doc__ = f"arq job ``{ATOMIC}``: {atomic.Atomic.__doc__}"

@@ -13,21 +13,10 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypedDict
 
 from pipeline.errors import DataError, MissingReference, PipelineError
 from pipeline.kinds.base import Prepared, Report, Row, Target
-
-
-class Receipt(TypedDict):
-    """What a job returns once its rows are committed: what became of them."""
-
-    batch_id: str | None  # None when the job had nothing to write
-    rows: int  # rows the job sent (items; one per rubric version)
-    applied: int  # inserted or changed
-    unchanged: int  # a stale version, a re-delivery, a record already written the same way
-    jobs: int  # jobs committed in the same transaction
-    committed_at: str | None
+from pipeline.receipts import JobResult
 
 
 @dataclass(slots=True)
@@ -125,7 +114,7 @@ def refuse_within(
 
 def settled(
     kind: str, done: Tally, applied_earlier: int, batch_id: str, jobs: int, committed_at: str
-) -> Receipt | PipelineError:
+) -> JobResult | PipelineError:
     """A committed job's receipt, or why it is not done (its other rows are committed).
 
     ``applied_earlier`` counts the rows an earlier transaction applied for this job (it was
@@ -142,7 +131,7 @@ def settled(
         )
         error.applied = applied
         return error
-    return Receipt(
+    return JobResult(
         batch_id=batch_id,
         rows=done.size,
         applied=applied,

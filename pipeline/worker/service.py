@@ -37,11 +37,12 @@ from pipeline.reads.metrics import POOLS
 from pipeline.redis_queue import connect_queue, queue_redis
 from pipeline.serialization import JobDeserializer, serialize
 from pipeline.settings import Settings, get_settings, settings_or_exit
-from pipeline.worker import undeliverable
+from pipeline.worker import runtime, undeliverable
 from pipeline.worker.batch.claiming import BatchWorker
 from pipeline.worker.coalescer import Coalescer
 from pipeline.worker.gate import DatabaseGate
 from pipeline.worker.jobs import JobRunner, atomic_function, job_function
+from pipeline.worker.runtime import Runtime
 
 log = structlog.get_logger("pipeline.worker")
 T = TypeVar("T")
@@ -71,17 +72,19 @@ async def startup(ctx: dict[str, Any]) -> None:
         gate=gate,
     )
     coalescer.start()
-    ctx["pipeline"] = JobRunner(settings, engine, coalescer)
+    found = ctx[runtime.KEY] = Runtime(
+        settings, engine, gate, coalescer, JobRunner(settings, engine, coalescer)
+    )
     status.start_publishing(ctx, settings.queue_name, coalescer)
     # Everything made so far (modules, engine, models) lives as long as the worker: keep it out
     # of the cyclic garbage collector, whose full passes over it were the latency tail (p99 at
     # 500 jobs/s: 33-37 ms without, 12 ms with, in the same minute).
     gc.freeze()
-    ctx["endpoint"] = await _endpoint(ctx, settings, gate, engine)
+    found.endpoint = await _endpoint(ctx, settings, gate, engine)
     _claim_in_batches(settings, gate, ctx.get("status_publisher"))
     log.info(
         "worker started",
-        metrics_port=ctx["endpoint"].port if ctx["endpoint"] else None,
+        metrics_port=found.endpoint.port if found.endpoint else None,
         database=redacted(settings.database_url),
         redis=redacted(settings.redis_url),
         queue=settings.queue_name,
@@ -190,17 +193,17 @@ def _running_worker() -> Worker | None:
 async def shutdown(ctx: dict[str, Any]) -> None:
     """arq ``on_shutdown``: stop the endpoint, flush what is held, then close the engine."""
     ctx.pop(EARLY_ENDPOINT, None)  # a worker run again opens its endpoint again
-    if ctx.get("endpoint") is not None:
-        await ctx["endpoint"].close()
-    runner: JobRunner | None = ctx.get("pipeline")
-    if runner is not None:
+    found = runtime.runtime_or_none(ctx)
+    if found is not None and found.endpoint is not None:
+        await found.endpoint.close()
+    if found is not None:
         logs.bind_worker(ctx)  # arq shuts down in another task than the one that started up
-        await runner.coalescer.close()
+        await found.coalescer.close()
     await status.stop_publishing(ctx)  # after the last flush, so the status shows it
-    if runner is None:
+    if found is None:
         return
-    await runner.engine.dispose()
-    log.info("worker stopped", batches=runner.coalescer.batches)
+    await found.engine.dispose()
+    log.info("worker stopped", batches=found.coalescer.batches)
 
 
 def functions(settings: Settings) -> list[Function]:
@@ -269,12 +272,12 @@ class PipelineWorker(BatchWorker):
 
     def saturated(self) -> bool:
         """Whether PostgreSQL is unreachable, or two batches' worth of rows wait already."""
-        runner: JobRunner | None = self.ctx.get("pipeline")
-        if runner is None:
+        found = runtime.runtime_or_none(self.ctx)
+        if found is None:
             return False
-        if not runner.gate.is_open:
+        if not found.gate.is_open:
             return True
-        return runner.coalescer.pending_rows >= 2 * runner.settings.batch_max_rows
+        return found.coalescer.pending_rows >= 2 * found.settings.batch_max_rows
 
     async def main(self) -> None:
         """Open the endpoint (:func:`open_endpoint`), then connect as

@@ -20,7 +20,7 @@ from pipeline.kinds import BY_NAME
 from pipeline.ops import metrics
 from pipeline.serialization import UNDELIVERABLE, UNDELIVERED, Undeliverable, serialize
 from pipeline.settings import Settings
-from pipeline.worker.jobs import JobRunner
+from pipeline.worker.runtime import runtime
 
 
 def _letter(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Undeliverable:
@@ -35,7 +35,7 @@ def _letter(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Undeliverable:
 
 async def record_undeliverable(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> NoReturn:
     """arq job ``pipeline_undeliverable``: dead-letter the job, then fail it with its reason."""
-    runner: JobRunner = ctx["pipeline"]
+    runner = runtime(ctx).jobs
     letter = _letter(args, kwargs)
     function = letter.function or UNDELIVERABLE
     # Metrics are labelled by write kind: an unknown function's name would be unbounded input.

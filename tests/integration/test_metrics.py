@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pipeline import JobFailed
 from pipeline.reads import TaxonomyReads
 from pipeline.settings import Settings
+from pipeline.worker.runtime import runtime_or_none
 from tests.integration.helpers import Proxy, results, scalar, seed_tree, stop_worker
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -65,9 +66,9 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 async def started(worker: Worker) -> int:
     """Wait for a background worker's start-up; the port its endpoint listens on."""
     for _ in range(1000):
-        if worker.ctx.get("endpoint") is not None:
-            port: int = worker.ctx["endpoint"].port
-            return port
+        found = runtime_or_none(worker.ctx)
+        if found is not None and found.endpoint is not None:
+            return found.endpoint.port
         await asyncio.sleep(0.01)
     raise AssertionError("the worker did not start")
 

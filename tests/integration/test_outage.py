@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline import JobFailed
 from pipeline.settings import Settings
-from pipeline.worker.jobs import JobRunner
+from pipeline.worker.runtime import runtime
 from tests.integration.helpers import Proxy, rows, scalar, seed_tree, stop_worker
 
 
@@ -76,7 +76,7 @@ async def test_jobs_wait_out_an_unreachable_database_without_spending_tries(
     jobs += [
         await producer.enqueue_job("upsert_project", project_id=f"q{i}", name="q") for i in range(5)
     ]
-    runner: JobRunner = worker.ctx["pipeline"]
+    runner = runtime(worker.ctx)
     await until(lambda: not runner.gate.is_open, "the first flush that fails closes the gate")
     assert runner.gate.reason is not None
     await asyncio.sleep(3 * settings.job_timeout_s)  # each job reaches its wait more than twice

@@ -16,7 +16,7 @@ WRITE_PATH = (
     "pipeline.producer.client",
 )
 # arq's own package imports arq.worker, so the producer can only keep the pipeline's worker out.
-WORKER = ("pipeline.worker.coalescer", "pipeline.worker.jobs", "pipeline.worker.service")
+WORKER = ("pipeline.worker", "pipeline.ops", "pipeline.cli", "pipeline.bench")
 
 
 def loaded_after(statement: str) -> list[str]:
@@ -35,6 +35,7 @@ def loaded_after(statement: str) -> list[str]:
         ("from pipeline.reads import TaxonomyReads", WRITE_PATH),
         ("import pipeline; pipeline.create_pool", WORKER),
         ("from pipeline import PipelineClient", WORKER),
+        ("from pipeline import CoalescingClient, Receipt", WORKER),
     ],
 )
 def test_import_direction(statement: str, forbidden: tuple[str, ...]) -> None:
@@ -46,3 +47,11 @@ def test_import_direction(statement: str, forbidden: tuple[str, ...]) -> None:
 def test_worker_settings_is_exported_lazily() -> None:
     loaded = loaded_after("import pipeline; assert pipeline.WorkerSettings.functions")
     assert "pipeline.worker.service" in loaded
+
+
+def test_the_public_api_is_what_a_producer_uses() -> None:
+    import pipeline
+
+    assert {"create_pool", "PipelineClient", "CoalescingClient", "Receipt"} <= set(pipeline.__all__)
+    for name in pipeline.__all__:
+        assert getattr(pipeline, name) is not None
