@@ -56,7 +56,6 @@ class AppendTranscripts(BaseModel):
 TRANSCRIPTS = Target(
     name="transcripts",
     table="transcripts",
-    order=100,
     columns=(
         ("task_id", "text"),
         ("phase", "text"),
@@ -155,7 +154,6 @@ class RecordEvents(BaseModel):
 EVENTS = Target(
     name="events",
     table="events",
-    order=100,
     columns=(
         ("event_id", "uuid"),
         ("task_id", "text"),

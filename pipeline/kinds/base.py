@@ -5,7 +5,10 @@ A :class:`Target` is one set-based statement against one table: its columns (sen
 place in the foreign-key order. A :class:`WriteKind` is an arq function: it validates its keyword
 arguments with a pydantic model and turns them into rows of a target. Several kinds may feed one
 target (``update_scores`` and ``update_statuses`` both update ``nodes``), so each table is changed
-by one sorted statement per batch and two workers never lock its rows in opposite orders.
+by one sorted statement per batch and two workers never lock its rows in opposite orders. The
+order of targets comes from the schema: a table's targets run after those of the tables it
+references (``metadata.sorted_tables``), and among one table's targets one that ``follows``
+another runs after it.
 
 An *immutable* target holds records that are defined once (a rubric version, an event): two rows
 of one key that differ, in one batch or against the stored row, are a :class:`Conflict`, and
@@ -26,6 +29,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pipeline.errors import Conflict, InvalidPayload
+from pipeline.schema import metadata
 from pipeline.schema.audit import ACTORS_SETTING, AUDITED, CHANGES_SETTING, entity_id
 
 Row = tuple[Any, ...]
@@ -35,6 +39,8 @@ _SET_ACTORS = text(
 )
 Merge = Callable[[Row, Row], Row]
 P = TypeVar("P", bound=BaseModel)
+#: Each table's place in the foreign-key order: a table after every table it references.
+TABLE_ORDER: dict[str, int] = {t.name: i for i, t in enumerate(metadata.sorted_tables)}
 
 
 def describe(error: ValidationError, limit: int = 8, *, at: tuple[str | int, ...] = ()) -> str:
@@ -83,13 +89,33 @@ def stored_differs(
     """  # noqa: S608
 
 
-def newest(version_index: int) -> Merge:
-    """Merge rule of last-write-wins targets: the row with the highest version stands."""
+def column_index(target: str, columns: Sequence[tuple[str, str]], column: str) -> int:
+    """The position of ``column`` in a target's rows; ValueError naming the target if absent."""
+    names = [name for name, _ in columns]
+    if column not in names:
+        raise ValueError(f"{target}: {column!r} is not one of its columns {names}")
+    return names.index(column)
 
-    def merge(old: Row, new: Row) -> Row:
-        return new if new[version_index] > old[version_index] else old
 
-    return merge
+@dataclass(frozen=True)
+class Newest:
+    """Merge rule of last-write-wins targets: the row with the highest ``column`` stands."""
+
+    column: str
+
+    def bind(self, target: str, columns: Sequence[tuple[str, str]]) -> Merge:
+        """The rule over rows of a target with ``columns``, by position (no lookup per row)."""
+        version = column_index(target, columns, self.column)
+
+        def merge(old: Row, new: Row) -> Row:
+            return new if new[version] > old[version] else old
+
+        return merge
+
+
+def newest(column: str) -> Newest:
+    """Merge rule of last-write-wins targets: the row with the highest ``column`` stands."""
+    return Newest(column)
 
 
 @dataclass(frozen=True, eq=False)
@@ -191,15 +217,18 @@ class Target:
     compared with the table's column of the same name) returns ``(*key, detail)`` for every row
     whose stored definition differs. It runs as a statement of its own, so its snapshot sees a
     row that another transaction committed while the insert waited for it.
+
+    ``order`` sorts the targets of a batch: by the table's place in the foreign-key order, then
+    after the target it ``follows`` (one of its table whose rows it reads), then by name.
     """
 
     name: str
     table: str
-    order: int
     columns: tuple[tuple[str, str], ...]
     key: tuple[str, ...]
     sql: str | tuple[str, ...]
-    merge: Merge = keep_first
+    #: A merge rule over rows, or :class:`Newest` by column name (bound to a position once).
+    merge: Merge | Newest = keep_first
     reports: bool = False
     invalidates: Invalidation | None = None
     lock: str | None = None
@@ -214,6 +243,10 @@ class Target:
     #: With ``actors``: the ``table.column`` names a batch's statement may change, when it can
     #: tell (the audit trigger then skips an update of quiet columns only unread).
     changes: Callable[[Sequence[Row]], Sequence[str]] | None = None
+    #: A target of the same table that runs first in a batch (its rows may be this one's input).
+    follows: Target | None = None
+    order: tuple[int, int, str] = field(init=False, repr=False)
+    row_merge: Merge = field(init=False, repr=False)
     statements: tuple[TextClause, ...] = field(init=False, repr=False)
     lock_clause: TextClause | None = field(init=False, repr=False)
     conflicts_clause: TextClause | None = field(init=False, repr=False)
@@ -221,7 +254,20 @@ class Target:
     touched_of: Callable[[Row], Row] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.table not in TABLE_ORDER:
+            raise ValueError(f"{self.name}: table {self.table!r} is not in the schema")
+        depth = 0
+        if self.follows is not None:
+            if self.follows.table != self.table:
+                raise ValueError(f"{self.name}: follows a target of another table")
+            depth = self.follows.order[1] + 1
+        object.__setattr__(self, "order", (TABLE_ORDER[self.table], depth, self.name))
+        merge = self.merge
+        if isinstance(merge, Newest):
+            merge = merge.bind(self.name, self.columns)
+        object.__setattr__(self, "row_merge", merge)
         names = [name for name, _ in self.columns]
+        key = [column_index(self.name, self.columns, k) for k in self.key]
         arrays = {name: f"CAST(:{name} AS {pg}[])" for name, pg in self.columns}
         parts = {
             "rows": f"unnest({', '.join(arrays.values())}) AS v({', '.join(names)})",
@@ -236,7 +282,7 @@ class Target:
         if self.immutable:
             if not self.reports or self.merge is not keep_first:
                 raise ValueError(f"{self.name}: an immutable target reports and keeps the first")
-            object.__setattr__(self, "merge", self._same_definition)
+            object.__setattr__(self, "row_merge", self._same_definition)
             if conflicts is None:
                 compared = [name for name in names if name not in self.key]
                 conflicts = stored_differs(self.table, self.key, compared, self.json_columns)
@@ -247,11 +293,12 @@ class Target:
         unknown = set(self.json_columns) - set(names)
         if unknown:
             raise ValueError(f"{self.name}: json_columns {sorted(unknown)} are not columns")
-        getter = operator.itemgetter(*(names.index(k) for k in self.key))
+        getter = operator.itemgetter(*key)
         key_of = getter if len(self.key) > 1 else (lambda row: (getter(row),))
         object.__setattr__(self, "key_of", key_of)
         if self.invalidates is not None:
-            touched = operator.itemgetter(*(names.index(c) for c in self.invalidates.columns))
+            at = [column_index(self.name, self.columns, c) for c in self.invalidates.columns]
+            touched = operator.itemgetter(*at)
             object.__setattr__(self, "touched_of", touched)
         if self.actors is not None and self.table not in AUDITED:
             raise ValueError(f"{self.name}: actors are for audited tables only")
@@ -276,7 +323,7 @@ class Target:
         of each submission, in the batch's order."""
         merged: dict[Row, Row] = {}
         sent = 0
-        key_of, merge = self.key_of, self.merge
+        key_of, merge = self.key_of, self.row_merge
         for rows in groups:
             sent += len(rows)
             for row in rows:

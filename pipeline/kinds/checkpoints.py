@@ -34,7 +34,6 @@ class RegisterCheckpoint(BaseModel):
 CHECKPOINTS = Target(
     name="model_checkpoints",
     table="model_checkpoints",
-    order=100,
     columns=(
         ("model_name", "text"),
         ("version", "text"),
@@ -99,7 +98,7 @@ _TARGETS = """
 ACTIVATIONS = Target(
     name="checkpoint_activations",
     table="model_checkpoints",
-    order=110,
+    follows=CHECKPOINTS,  # activates the checkpoints registered in the same batch
     # framework is '' for none, so the key sorts and compares like any string.
     columns=(
         ("model_name", "text"),
@@ -109,7 +108,7 @@ ACTIVATIONS = Target(
         ("actor", "text"),
     ),
     key=("model_name", "framework"),
-    merge=newest(3),
+    merge=newest("activation_version"),
     reports=True,
     actors=("model_name", "version"),
     sql=(

@@ -24,7 +24,6 @@ class Heartbeat(BaseModel):
 SERVICE_HEALTH = Target(
     name="service_health",
     table="service_health",
-    order=100,
     columns=(
         ("service_name", "text"),
         ("instance_id", "text"),
@@ -33,7 +32,7 @@ SERVICE_HEALTH = Target(
         ("metadata", "text"),
     ),
     key=("service_name", "instance_id"),
-    merge=newest(3),
+    merge=newest("last_heartbeat"),
     reports=True,
     sql="""
         WITH written AS (

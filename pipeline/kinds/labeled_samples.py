@@ -37,7 +37,6 @@ class SaveLabeledSamples(BaseModel):
 LABELED_SAMPLES = Target(
     name="labeled_samples",
     table="labeled_samples",
-    order=40,
     columns=(
         ("sample_id", "uuid"),
         ("project_id", "text"),

@@ -22,7 +22,7 @@ from typing import Annotated, Literal, NotRequired
 from pydantic import AfterValidator, BaseModel, Field, model_validator, with_config
 from typing_extensions import TypedDict
 
-from pipeline.kinds.base import Invalidation, Row, Target, WriteKind, newest
+from pipeline.kinds.base import Invalidation, Row, Target, WriteKind, column_index, newest
 from pipeline.kinds.fields import STRICT, Float, JsonObject, Key, Text, Version, to_json
 from pipeline.schema.audit import SCORE_COLUMNS
 from pipeline.schema.taxonomy import branch_stats_lock_key, node_updates_lock_key
@@ -105,7 +105,6 @@ NODE_LOCK = f"""
 NODES = Target(
     name="nodes",
     table="nodes",
-    order=20,
     columns=(
         ("project_id", "text"),
         ("node_id", "text"),
@@ -118,7 +117,7 @@ NODES = Target(
         ("version", "int8"),
     ),
     key=("project_id", "node_id"),
-    merge=newest(8),
+    merge=newest("version"),
     reports=True,
     invalidates=BRANCH_STATS,
     lock=NODE_LOCK,
@@ -217,14 +216,41 @@ def _insert_rows(p: InsertNodes, version: int) -> list[Row]:
 
 insert_nodes = WriteKind("insert_nodes", InsertNodes, NODES, _insert_rows, items="nodes")
 
-# Positions in a NODE_UPDATES row of each field's value, its version, and what goes with it
-# (the actor of a status change).
-_FIELDS = ((2, 3, ()), (4, 5, ()), (6, 7, (8,)))
+_UPDATE_COLUMNS = (
+    ("project_id", "text"),
+    ("node_id", "text"),
+    ("rubric_score", "float8"),
+    ("rubric_version", "int8"),
+    ("ucb_score", "float8"),
+    ("ucb_version", "int8"),
+    ("status", "text"),
+    ("status_version", "int8"),
+    ("actor", "text"),
+    ("detail", "bool"),  # merged from several rows: report which fields applied
+)
+
+
+def _at(column: str) -> int:
+    return column_index("node_updates", _UPDATE_COLUMNS, column)
+
+
+# Each field of a NODE_UPDATES row: its value, its version, and what goes with it (the actor of a
+# status change), as positions in the row, resolved once.
+_FIELDS: tuple[tuple[int, int, tuple[int, ...]], ...] = tuple(
+    (_at(value), _at(version), tuple(map(_at, attached)))
+    for value, version, attached in (
+        ("rubric_score", "rubric_version", ()),
+        ("ucb_score", "ucb_version", ()),
+        ("status", "status_version", ("actor",)),
+    )
+)
+_STATUS_VERSION = _at("status_version")
+_DETAIL = _at("detail")
 
 
 def _merge_fields(old: Row, new: Row) -> Row:
     """Each field from the row with its newer version. When both rows give fields to the result,
-    it asks the statement which fields applied (its last column), so that each job's receipt
+    it asks the statement which fields applied (its ``detail`` column), so that each job's receipt
     can tell; when one row has every newest field, it is that row, as it was sent."""
     merged = list(old)
     took_new = kept_old = False
@@ -239,7 +265,7 @@ def _merge_fields(old: Row, new: Row) -> Row:
         return old
     if not kept_old:
         return new
-    merged[-1] = True
+    merged[_DETAIL] = True
     return tuple(merged)
 
 
@@ -247,7 +273,7 @@ def _credit(row: Row, written: Row, fields: int | None) -> bool:
     """Whether ``row`` applied: it is the row written, or (for a row merged from several) one of
     its fields is the one written, and applied by ``fields``, the statement's bit mask in
     ``_FIELDS`` order."""
-    if not written[-1]:
+    if not written[_DETAIL]:
         return row is written
     for bit, (value, ver, _) in enumerate(_FIELDS):
         if row[ver] is None or row[ver] != written[ver] or row[value] != written[value]:
@@ -259,26 +285,14 @@ def _credit(row: Row, written: Row, fields: int | None) -> bool:
 
 def _changes(rows: Sequence[Row]) -> Sequence[str]:
     """Score columns only, when no row of the batch carries a status (the audit's hint)."""
-    status_version = _FIELDS[2][1]
-    return SCORE_COLUMNS if all(row[status_version] is None for row in rows) else ()
+    return SCORE_COLUMNS if all(row[_STATUS_VERSION] is None for row in rows) else ()
 
 
 NODE_UPDATES = Target(
     name="node_updates",
     table="nodes",
-    order=30,
-    columns=(
-        ("project_id", "text"),
-        ("node_id", "text"),
-        ("rubric_score", "float8"),
-        ("rubric_version", "int8"),
-        ("ucb_score", "float8"),
-        ("ucb_version", "int8"),
-        ("status", "text"),
-        ("status_version", "int8"),
-        ("actor", "text"),
-        ("detail", "bool"),  # merged from several rows: report which fields applied
-    ),
+    follows=NODES,  # updates the nodes saved in the same batch
+    columns=_UPDATE_COLUMNS,
     key=("project_id", "node_id"),
     merge=_merge_fields,
     credit=_credit,

@@ -38,7 +38,6 @@ class SavePrincipleScores(BaseModel):
 PRINCIPLE_SCORES = Target(
     name="principle_scores",
     table="principle_scores",
-    order=40,
     columns=(
         ("project_id", "text"),
         ("node_id", "text"),

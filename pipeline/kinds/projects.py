@@ -21,10 +21,9 @@ class UpsertProject(BaseModel):
 PROJECTS = Target(
     name="projects",
     table="projects",
-    order=0,
     columns=(("project_id", "text"), ("name", "text"), ("config", "text"), ("version", "int8")),
     key=("project_id",),
-    merge=newest(3),
+    merge=newest("version"),
     reports=True,
     # The keys not written (a stale or repeated version) are looked for only when fewer rows
     # were written than sent (a one-time filter).

@@ -48,7 +48,6 @@ class SaveRubric(BaseModel):
 RUBRICS = Target(
     name="rubrics",
     table="rubrics",
-    order=10,
     # One row per rubric version, its principles a JSON array: the version is the unit of
     # definition, so two different definitions of it are a conflict, never merged.
     columns=(

@@ -36,7 +36,6 @@ class RecordTrainingData(BaseModel):
 TRAINING_DATA = Target(
     name="training_data",
     table="training_data",
-    order=110,
     columns=(
         ("id", "uuid"),
         ("framework", "text"),
@@ -93,7 +92,7 @@ class MarkTrainingUsed(BaseModel):
 TRAINING_USED = Target(
     name="training_used",
     table="training_data",
-    order=120,
+    follows=TRAINING_DATA,  # marks the examples recorded in the same batch
     columns=(("id", "uuid"), ("training_batch_id", "text")),
     key=("id",),
     reports=True,

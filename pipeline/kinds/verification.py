@@ -55,7 +55,6 @@ class UpsertClaims(BaseModel):
 CLAIMS = Target(
     name="claims",
     table="claims",
-    order=100,
     columns=(
         ("external_id", "text"),
         ("content", "text"),
@@ -66,7 +65,7 @@ CLAIMS = Target(
         ("actor", "text"),
     ),
     key=("external_id",),
-    merge=newest(5),
+    merge=newest("version"),
     reports=True,
     actors=("external_id",),
     sql="""
@@ -124,7 +123,6 @@ class RecordVerifications(BaseModel):
 VERIFICATIONS = Target(
     name="verification_results",
     table="verification_results",
-    order=110,
     columns=(
         ("result_id", "uuid"),
         ("claim_id", "text"),
@@ -193,7 +191,6 @@ class RecordConsensus(BaseModel):
 CONSENSUS = Target(
     name="consensus_decisions",
     table="consensus_decisions",
-    order=110,
     columns=(
         ("claim_id", "text"),
         ("consensus_result", "text"),
@@ -205,7 +202,7 @@ CONSENSUS = Target(
         ("actor", "text"),
     ),
     key=("claim_id",),
-    merge=newest(6),
+    merge=newest("version"),
     reports=True,
     actors=("claim_id",),
     sql="""

@@ -331,7 +331,7 @@ class Coalescer:
                 groups[target].append(rows)
         plan = [
             (target, target.prepare(rows))
-            for target, rows in sorted(groups.items(), key=lambda g: (g[0].order, g[0].name))
+            for target, rows in sorted(groups.items(), key=lambda g: g[0].order)
         ]
         atomic = [sub.parts for sub in subs if sub.atomic]
         async for attempt in self._retrying.copy():

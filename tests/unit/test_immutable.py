@@ -129,8 +129,7 @@ def test_an_immutable_target_must_keep_the_first_and_report() -> None:
     def target(**options: Any) -> Target:
         base: dict[str, Any] = {
             "name": "t",
-            "table": "t",
-            "order": 0,
+            "table": "projects",
             "columns": (("k", "text"), ("v", "text")),
             "key": ("k",),
             "sql": "SELECT 1",
@@ -139,10 +138,10 @@ def test_an_immutable_target_must_keep_the_first_and_report() -> None:
         }
         return Target(**{**base, **options})
 
-    assert target().merge != keep_first
+    assert target().row_merge != keep_first
     assert "t.v IS DISTINCT FROM v.v" in str(target().conflicts_clause)
     with pytest.raises(ValueError, match="keeps the first"):
-        target(merge=newest(1))
+        target(merge=newest("v"))
     with pytest.raises(ValueError, match="reports"):
         target(reports=False)
     with pytest.raises(ValueError, match="only an immutable"):

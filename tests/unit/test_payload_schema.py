@@ -379,7 +379,7 @@ def fake_kind(name: str, value: type) -> WriteKind[Any]:
     """A kind whose items are a model called ``Item`` with one field of type ``value``."""
     item = pydantic.create_model("Item", value=(value, ...))
     payload = pydantic.create_model(f"Payload_{name}", items=(list[item], ...))
-    target = Target(name, name, 0, (("value", "text"),), ("value",), "SELECT 1")
+    target = Target(name, "projects", (("value", "text"),), ("value",), "SELECT 1")
     return WriteKind(name, payload, target, lambda p, v: [], items="items")
 
 
