@@ -302,10 +302,11 @@ NODE_UPDATES = Target(
     invalidates=BRANCH_STATS,
     # Two batches that update the same nodes must not lock them in opposite orders. An UPDATE …
     # FROM locks rows in its join's order (the array's for a nested loop, the heap's for a hash
-    # join), so the rows alone cannot promise an order; locking them first, in key order, costs
-    # as much again as the update. Instead every batch takes its projects' node-update locks
-    # (advisory, in project order), and a statement run after that sees every earlier holder's
-    # commit: two batches of one project take turns, batches of different projects never meet.
+    # join), so the rows alone cannot promise an order; locking them first, in key order, is a
+    # second pass as slow as the update (docs/performance-log.md). Instead every batch takes its
+    # projects' node-update locks (advisory, in project order), and a statement run after that
+    # sees every earlier holder's commit: two batches of one project take turns, batches of
+    # different projects never meet.
     lock=NODE_LOCK,
     # For a node several jobs of the batch updated, the fields that applied are read by a
     # subquery: a statement does not see its own changes.

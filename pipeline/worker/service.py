@@ -77,8 +77,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     status.start_publishing(ctx, settings.queue_name, coalescer)
     # Everything made so far (modules, engine, models) lives as long as the worker: keep it out
-    # of the cyclic garbage collector, whose full passes over it were the latency tail (p99 at
-    # 500 jobs/s: 33-37 ms without, 12 ms with, in the same minute).
+    # of the cyclic garbage collector, whose full passes over it were the latency tail
+    # (docs/performance-log.md).
     gc.freeze()
     found.endpoint = await _endpoint(ctx, settings, gate, engine)
     _claim_in_batches(settings, gate, ctx.get("status_publisher"))
