@@ -22,7 +22,7 @@ import json
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, get_origin
+from typing import Any, Generic, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy import TextClause, text
@@ -441,12 +441,16 @@ class WriteKind(Generic[P]):
     rows: Callable[[P, int], list[Row]]
     items: str | None = None
     adapter: TypeAdapter[P] = field(init=False, repr=False)
+    #: The type of one item of ``items`` (what a coalescing producer validates one call by).
+    item_type: Any = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         if self.items is not None:
             found = self.payload.model_fields.get(self.items)
             if found is None or get_origin(found.annotation) is not list:
                 raise ValueError(f"{self.name}: items {self.items!r} is not a list field")
+            (item,) = get_args(found.annotation)
+            object.__setattr__(self, "item_type", item)
         object.__setattr__(self, "adapter", TypeAdapter(self.payload))
 
     def validate(self, kwargs: dict[str, Any]) -> P:

@@ -20,7 +20,7 @@ import asyncio
 import functools
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, get_args
+from typing import Any
 
 from arq.jobs import Job
 from pydantic import TypeAdapter, ValidationError
@@ -49,9 +49,8 @@ def items_field(function: str) -> str:
 @functools.cache
 def _item_adapter(function: str) -> TypeAdapter[Any]:
     """Validates one item of a kind's list, without the payload around it."""
-    annotation = BY_NAME[function].payload.model_fields[items_field(function)].annotation
-    (item,) = get_args(annotation)
-    return TypeAdapter(item)
+    items_field(function)  # refuses a kind without items
+    return TypeAdapter(BY_NAME[function].item_type)
 
 
 # What a job's header may add to the buffer's estimate: an array header growing to 5 bytes, the
