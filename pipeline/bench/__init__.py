@@ -32,7 +32,7 @@ def scenarios(quick: bool) -> list[Scenario]:
     ``quick``): the references (1, 2) drain 20,000 jobs, the pipeline's single writes (under both
     commands) 100,000 jobs, its batched writes and the ceilings 1,000,000 rows; always N updates
     over K = N / 10 nodes (K = N where the name says so)."""
-    n = 400 if quick else 20_000  # for the references, which drain well under 2,000 jobs/s
+    n = 400 if quick else 20_000  # the references drain slowest (docs/benchmarks.md)
     jobs = 400 if quick else 100_000
     rows = 4_000 if quick else 1_000_000
     slow = Workload(n, max(n // 10, 1))
