@@ -2,7 +2,7 @@ FROM python:3.11-slim
 # A plain (non-editable) install from a copy of the sources that is removed afterwards: the image
 # runs the installed package, whose migrations ship inside it.
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY pipeline ./pipeline
 RUN pip install --no-cache-dir . && rm -rf /src/*
 WORKDIR /app

@@ -115,9 +115,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    """The installed distribution's version (its metadata, as ``pip show pipeline`` has it)."""
+    """The installed distribution's version (its metadata, as ``pip show pipeline-writes`` has
+    it): the import name is ``pipeline``, the distribution ``pipeline-writes``."""
     try:
-        return version("pipeline")
+        return version("pipeline-writes")
     except PackageNotFoundError:  # run from a checkout that was never installed
         return "(not installed)"
 

@@ -1,6 +1,7 @@
 """The package as installed, not the checkout, migrates: a wheel built from the sources, installed
 (not editable) into a fresh virtual environment, runs ``pipeline migrate`` away from the
 checkout and brings a new database to the head revision, from the migrations inside the wheel.
+The wheel holds the package, its type marker and its migrations, and nothing else at top level.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.conftest import ADMIN_URL, _admin, _db_url
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 #: What the Dockerfile copies to build the image: all a wheel is built from.
-SOURCES = ("pyproject.toml", "README.md", "pipeline")
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "pipeline")
 
 
 def build_wheel(into: Path) -> Path:
@@ -35,6 +36,8 @@ def build_wheel(into: Path) -> Path:
     source = into / "source"
     source.mkdir()
     for name in SOURCES:
+        if not (ROOT / name).exists():
+            continue
         if (ROOT / name).is_dir():
             ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
             shutil.copytree(ROOT / name, source / name, ignore=ignore)
@@ -46,7 +49,7 @@ def build_wheel(into: Path) -> Path:
         check=True,
         timeout=600,
     )
-    (wheel,) = wheels.glob("pipeline-*.whl")
+    (wheel,) = wheels.glob("pipeline_writes-*.whl")
     return wheel
 
 
@@ -89,6 +92,11 @@ def test_an_installed_wheel_migrates_a_new_database(tmp_path: Path, new_database
     inside = [name for name in inside if "__pycache__" not in name]
     assert "pipeline/migrations/script.py.mako" in inside
     assert set(inside) <= shipped, sorted(set(inside) - shipped)
+    assert "pipeline/py.typed" in shipped
+    dist_info = f"pipeline_writes-{wheel.name.split('-')[1]}.dist-info"
+    packages = {"pipeline"}
+    assert {name.split("/")[0] for name in shipped} == packages | {dist_info}
+    assert f"{dist_info}/licenses/LICENSE" in shipped
 
     python = fresh_environment(tmp_path / "env")
     subprocess.run(

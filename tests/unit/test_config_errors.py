@@ -59,13 +59,13 @@ def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[st
         main(["--version"])
     assert exited.value.code == 0
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert version("pipeline") == project["version"]
+    assert version("pipeline-writes") == project["version"]
     assert capsys.readouterr().out == f"pipeline {project['version']}\n"
 
 
 def test_version_from_the_console_script(tmp_path: Path) -> None:
     done = run([PIPELINE, "--version"], tmp_path, PIPELINE_DATABASE_URL=BAD_URL)
-    assert (done.returncode, done.stdout) == (0, f"pipeline {version('pipeline')}\n")
+    assert (done.returncode, done.stdout) == (0, f"pipeline {version('pipeline-writes')}\n")
 
 
 @pytest.mark.parametrize(

@@ -246,7 +246,7 @@ def test_the_image_copies_what_it_needs_and_no_tests() -> None:
     }
     assert {".git", ".venv", ".env", "tests", "bench-results"} <= ignored
     copied = [part for copy in dockerfile()["COPY"] for part in copy.split()[:-1]]
-    assert set(copied) == {"pyproject.toml", "README.md", "pipeline"}
+    assert set(copied) == {"pyproject.toml", "README.md", "LICENSE", "pipeline"}
     for source in copied:
         assert (ROOT / source).exists() and source not in ignored
     migrations = ROOT / "pipeline" / "migrations"
