@@ -6,12 +6,14 @@ accepts (each write's references written before it)."""
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import pipeline
 from pipeline.kinds import BY_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,3 +112,47 @@ def test_the_readme_example_passes_the_payload_models_on_a_fresh_database() -> N
                 assert node in nodes, f"{function} before its node {node}"
         else:
             pytest.fail(f"this test does not know what {function} refers to: teach it")
+
+
+#: The package the tests run against: the checkout's, or the installed one (``./run test``).
+PACKAGE = Path(pipeline.__file__).resolve().parent
+SOURCE_PATH = re.compile(r"(?<![\w/.-])((?:pipeline|tests|deploy)/[\w./-]*\w)")
+DOTTED = re.compile(r"(?<![\w./])(pipeline(?:\.\w+)+)")
+#: Logger names of the pipeline's own lines (stable for whoever filters logs by them).
+LOGGERS = {
+    name
+    for source in PACKAGE.rglob("*.py")
+    for name in re.findall(r"get_?[lL]ogger\(\"(pipeline[\w.]*)\"\)", source.read_text())
+}
+
+
+def named_in_docs(pattern: re.Pattern[str]) -> set[tuple[str, str]]:
+    return {(page.name, name) for page in PAGES for name in pattern.findall(page.read_text())}
+
+
+@pytest.mark.parametrize(
+    ("page", "path"), sorted(named_in_docs(SOURCE_PATH)), ids="{0[0]}:{0[1]}".format
+)
+def test_every_source_path_the_docs_name_exists(page: str, path: str) -> None:
+    base = PACKAGE.parent if path.startswith("pipeline/") else ROOT
+    assert (base / path).exists() or list(base.glob(path)), f"{page} names {path}, not there"
+
+
+@pytest.mark.parametrize(
+    ("page", "name"), sorted(named_in_docs(DOTTED)), ids="{0[0]}:{0[1]}".format
+)
+def test_every_dotted_name_the_docs_give_imports(page: str, name: str) -> None:
+    """A module, a module's attribute (``pipeline.logs.ARQ_LOGGING``) or a logger's name."""
+    if name in LOGGERS:
+        return
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found: Any = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[cut:]:
+            assert hasattr(found, attribute), f"{page} names {name}: no {attribute}"
+            found = getattr(found, attribute)
+        return
+    raise AssertionError(f"{page} names {name}, which does not import")
