@@ -157,7 +157,7 @@ def _workers(status: Status) -> Table:
             _ago(w.seen_age_s),
             str(w.batches),
             _since(status.at, flush.at) if flush and flush.at else "never",
-            *((str(flush.jobs), str(flush.rows), str(flush.duration_ms)) if flush else "---"),
+            *((str(flush.jobs), str(flush.rows), str(flush.duration_ms)) if flush else ("-",) * 3),
         )
     if not status.workers:
         table.caption = "no worker has published in the last minute"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -173,8 +172,8 @@ def dead_lettered(kind: str, reason: str) -> None:
     DEAD_LETTERS.labels(kind=kind, reason=reason).inc()
 
 
-def flushed(report: FlushReport, failures: Iterable[str]) -> None:
-    """Record one flush; ``failures`` names the error class of each job it did not commit."""
+def flushed(report: FlushReport) -> None:
+    """Record one flush."""
     BATCH_ROWS.observe(report.rows)
     BATCH_JOBS.observe(report.jobs)
     FLUSH_DURATION.observe(report.duration_ms / 1000)
@@ -182,8 +181,8 @@ def flushed(report: FlushReport, failures: Iterable[str]) -> None:
         BATCH_RETRIES.inc(report.retries)
     for kind, rows in report.written.items():
         ROWS_WRITTEN.labels(kind=kind).inc(rows)
-    for reason in failures:
-        FLUSH_FAILURES.labels(reason=reason).inc()
+    for reason, jobs in report.failures.items():
+        FLUSH_FAILURES.labels(reason=reason).inc(jobs)
     if report.batch_id is not None:
         LAST_FLUSH.set(time.time())
 

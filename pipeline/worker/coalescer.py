@@ -255,7 +255,7 @@ class Coalescer:
         )
         self.recent_flushes.append(report)
         log.info("batch flushed", **report.fields())
-        metrics.flushed(report, failed)
+        metrics.flushed(report)
 
     async def _requeue_if_unreachable(
         self, outcomes: dict[Submission, JobResult | PipelineError]

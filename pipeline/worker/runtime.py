@@ -20,14 +20,27 @@ KEY = "pipeline"
 
 @dataclass(slots=True)
 class Runtime:
-    """A worker process's engine, gate, coalescer and job runner, and its endpoint once open."""
+    """A worker process's job runner (with its settings, engine, gate and coalescer), and its
+    endpoint once open."""
 
-    settings: Settings
-    engine: AsyncEngine
-    gate: DatabaseGate
-    coalescer: Coalescer
     jobs: JobRunner
     endpoint: Endpoint | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self.jobs.settings
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self.jobs.engine
+
+    @property
+    def gate(self) -> DatabaseGate:
+        return self.jobs.gate
+
+    @property
+    def coalescer(self) -> Coalescer:
+        return self.jobs.coalescer
 
 
 def runtime(ctx: dict[str, Any]) -> Runtime:

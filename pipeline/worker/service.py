@@ -72,9 +72,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         gate=gate,
     )
     coalescer.start()
-    found = ctx[runtime.KEY] = Runtime(
-        settings, engine, gate, coalescer, JobRunner(settings, engine, coalescer)
-    )
+    found = ctx[runtime.KEY] = Runtime(JobRunner(settings, engine, coalescer))
     status.start_publishing(ctx, settings.queue_name, coalescer)
     # Everything made so far (modules, engine, models) lives as long as the worker: keep it out
     # of the cyclic garbage collector, whose full passes over it were the latency tail

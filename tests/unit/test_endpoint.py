@@ -118,9 +118,15 @@ def test_a_flush_is_recorded_once_per_batch() -> None:
         "failed": sample("pipeline_flush_failures_total", reason="DataError"),
     }
     report = FlushReport(
-        batch_id="b", jobs=3, rows=12, retries=2, duration_ms=4.0, written={"unit_kind": 10}
+        batch_id="b",
+        jobs=3,
+        rows=12,
+        retries=2,
+        duration_ms=4.0,
+        written={"unit_kind": 10},
+        failures={"DataError": 1},
     )
-    metrics.flushed(report, ["DataError"])
+    metrics.flushed(report)
     assert sample("pipeline_batch_rows_sum") - before["rows"] == 12
     assert sample("pipeline_batch_rows_count") - before["count"] == 1
     assert sample("pipeline_rows_written_total", kind="unit_kind") - before["written"] == 10
@@ -133,7 +139,7 @@ def test_batch_sizes_are_told_apart_up_to_the_largest_batch() -> None:
     """A batch may hold 200,000 rows: the histogram's buckets reach that far."""
     bucket = functools.partial(sample, "pipeline_batch_rows_bucket")
     before = {le: bucket(le=le) for le in ("100000.0", "200000.0", "+Inf")}
-    metrics.flushed(FlushReport(batch_id="b", jobs=1, rows=150_000), [])
+    metrics.flushed(FlushReport(batch_id="b", jobs=1, rows=150_000))
     assert bucket(le="100000.0") - before["100000.0"] == 0
     assert bucket(le="200000.0") - before["200000.0"] == 1
     assert bucket(le="+Inf") - before["+Inf"] == 1
