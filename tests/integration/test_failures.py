@@ -19,13 +19,17 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.settings import Settings
+from tests.integration.batching import until
 from tests.integration.helpers import failure, rows, scalar, seed_tree
 
 DEAD = "SELECT function, error_class, error_message, tries, payload FROM dead_letters ORDER BY id"
 
 
 async def test_child_enqueued_before_its_parent_lands_once_the_parent_exists(
-    producer: ArqRedis, run_worker: Callable[..., Any], engine: AsyncEngine
+    producer: ArqRedis,
+    run_worker: Callable[..., Any],
+    worker_of: Callable[..., Any],
+    engine: AsyncEngine,
 ) -> None:
     await seed_tree(producer, "p", [])
     await run_worker()
@@ -35,14 +39,14 @@ async def test_child_enqueued_before_its_parent_lands_once_the_parent_exists(
     score = await producer.enqueue_job(
         "update_scores", project_id="p", scores=[{"node_id": "b", "rubric_score": 0.5}]
     )
+    worker = worker_of()
+    running = asyncio.create_task(worker.main())
+    await until(lambda: worker.jobs_retried >= 2, "the child and the score handed back")
     await producer.enqueue_job(
-        "insert_nodes",
-        project_id="p",
-        nodes=[{"node_id": "b", "parent_id": "root", "label": "b"}],
-        _defer_by=0.05,
+        "insert_nodes", project_id="p", nodes=[{"node_id": "b", "parent_id": "root", "label": "b"}]
     )
-    worker = await run_worker()
-    assert worker.jobs_failed == 0 and worker.jobs_retried >= 2
+    await asyncio.wait_for(running, 30)
+    assert worker.jobs_failed == 0
     assert (await child.result(timeout=5))["rows"] == 1
     assert (await score.result(timeout=5))["rows"] == 1
     assert await rows(
@@ -56,25 +60,33 @@ async def test_child_enqueued_before_its_parent_lands_once_the_parent_exists(
 
 
 async def test_a_child_waits_for_its_parent_longer_than_max_tries_hand_backs(
-    producer: ArqRedis, run_worker: Callable[..., Any], engine: AsyncEngine, settings: Settings
+    producer: ArqRedis,
+    run_worker: Callable[..., Any],
+    worker_of: Callable[..., Any],
+    engine: AsyncEngine,
+    settings: Settings,
 ) -> None:
     await seed_tree(producer, "p", [])
     await run_worker()
     child = await producer.enqueue_job(
         "insert_nodes", project_id="p", nodes=[{"node_id": "c", "parent_id": "late", "label": "c"}]
     )
-    await producer.enqueue_job(
-        "insert_nodes",
-        project_id="p",
-        nodes=[{"node_id": "late", "parent_id": "root", "label": "l"}],
-        _defer_by=settings.retry_wait_s * 0.5,
-    )
-    worker = await run_worker()
+    # a wait far longer than the test needs, so the count of hand-backs, not the clock, decides
+    worker = worker_of(retry_wait_s=60.0)
+    running = asyncio.create_task(worker.main())
+    await until(lambda: worker.jobs_retried > 2 * settings.max_tries, "many hand-backs")
+    late = {"node_id": "late", "parent_id": "root", "label": "l"}
+    await producer.enqueue_job("insert_nodes", project_id="p", nodes=[late])
+    await asyncio.wait_for(running, 30)
     # Handed back many more times than max_tries: a missing reference is given time, not tries.
-    assert worker.jobs_retried > 2 * settings.max_tries
-    assert worker.jobs_failed == 0
+    assert worker.jobs_failed == 0 and worker.jobs_complete == 2
     info = await child.result_info()
     assert info is not None and info.success and info.job_try == 1
+    assert await rows(engine, "SELECT node_id FROM nodes ORDER BY node_id") == [
+        ("c",),
+        ("late",),
+        ("root",),
+    ]
     assert await rows(engine, DEAD) == []
 
 
