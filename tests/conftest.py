@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from pipeline.cli.migrate import downgrade, upgrade
 from pipeline.serialization import deserialize, serialize
 from pipeline.settings import Settings
+from tests.logging_state import failed_emits, logging_restored
 
 ADMIN_URL = os.environ.get(
     "PIPELINE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -58,6 +59,23 @@ def migrate(url: str, revision: str = "head", *, down: bool = False) -> None:
         downgrade(url, revision, configure_logging=False)
     else:
         upgrade(url, revision, create=False, configure_logging=False)
+
+
+@pytest.fixture(scope="session")
+def _failed_emits() -> Iterator[list[str]]:
+    with failed_emits() as seen:
+        yield seen
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored(_failed_emits: list[str]) -> Iterator[None]:
+    """No test leaves a handler behind that writes to its own, closed, captured stderr, and a log
+    line that could not be written fails the test it came in (or, from a later fixture's
+    teardown, the next test)."""
+    with logging_restored():
+        yield
+    lost, _failed_emits[:] = _failed_emits[:], []
+    assert not lost, f"log lines not written: {lost}"
 
 
 @pytest.fixture(scope="session")

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
 from arq.worker import Worker
 
-from pipeline import create_pool
-from pipeline.settings import Settings
+from pipeline import cli, create_pool
+from pipeline.settings import Settings, get_settings
 from pipeline.worker.service import PipelineWorker, worker_options
 from tests.integration.helpers import Proxy
+from tests.logging_state import logging_restored
 
 
 @pytest.fixture
@@ -101,6 +103,32 @@ async def run_worker(make_worker: Callable[..., Worker]) -> Callable[..., Any]:
         return worker
 
     return run
+
+
+@pytest.fixture
+def run_cli(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Iterator[Callable[..., Any]]:
+    """Run ``pipeline …`` in a thread (it runs its own event loop) against this test's services:
+    (exit code, out, err)."""
+    monkeypatch.setenv("PIPELINE_DATABASE_URL", str(settings.database_url))
+    monkeypatch.setenv("PIPELINE_REDIS_URL", str(settings.redis_url))
+    monkeypatch.setenv("PIPELINE_QUEUE_NAME", settings.queue_name)
+    get_settings.cache_clear()
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            # the command's log handler writes to this capture: gone before a worker logs again
+            with logging_restored():
+                code = await asyncio.to_thread(cli.main, list(args))
+        except SystemExit as exc:  # argparse refusing an argument
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
+    get_settings.cache_clear()
 
 
 @pytest.fixture

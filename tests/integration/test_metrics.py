@@ -4,10 +4,9 @@ against real PostgreSQL and Redis."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from pipeline.reads import TaxonomyReads
 from pipeline.settings import Settings
 from pipeline.worker.runtime import runtime_or_none
 from tests.integration.helpers import Proxy, results, scalar, seed_tree, stop_worker
+from tests.logging_state import logging_restored
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 ENDPOINT = {"metrics_port": 0, "metrics_host": "127.0.0.1"}
@@ -206,19 +206,6 @@ async def test_ready_fails_while_postgres_is_unreachable_and_recovers(
     assert (await get(port, "/ready"))[0] == 200
 
 
-@contextlib.contextmanager
-def root_logger_restored() -> Iterator[None]:
-    """Put the root logger's handlers back: the worker's start-up replaces them, and one left
-    writing to this test's captured stderr would fail every later log line."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
 async def test_log_lines_are_json_with_the_worker_id_and_no_password(
     make_worker: Callable[..., Worker],
     producer: ArqRedis,
@@ -233,8 +220,9 @@ async def test_log_lines_are_json_with_the_worker_id_and_no_password(
     worker = make_worker({"database_url": url, "log_format": "json"})
     worker.ctx["configure_logging"] = True  # as in production: start-up configures logging
     capfd.readouterr()
-    with root_logger_restored():
-        # Only what the worker's start-up installs: not a handler an earlier test left behind.
+    # restored here: the fixture closes the worker again once the capture is closed
+    with logging_restored():
+        # Only the handler the worker's start-up installs writes here, not pytest's own.
         logging.getLogger().handlers.clear()
         try:
             await worker.main()

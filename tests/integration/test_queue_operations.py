@@ -8,7 +8,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,37 +17,13 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from pipeline import cli
 from pipeline.ops import dead_letters, metrics, queue_jobs
 from pipeline.ops.queue_metrics import COLLECTOR, QUEUE_REGISTRY, QueueSampler, function_of
-from pipeline.settings import Settings, get_settings
+from pipeline.settings import Settings
 from pipeline.worker.retries import CLOCK_PREFIX
 from tests.integration.helpers import rows, scalar, seed_tree
 
 NODE = {"project_id": "p", "nodes": [{"node_id": "x", "parent_id": "root", "label": "x"}]}
-
-
-@pytest.fixture
-def run_cli(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Iterator[Callable[..., Any]]:
-    """Run ``pipeline …`` in a thread against this test's services: (exit code, out, err)."""
-    monkeypatch.setenv("PIPELINE_DATABASE_URL", str(settings.database_url))
-    monkeypatch.setenv("PIPELINE_REDIS_URL", str(settings.redis_url))
-    monkeypatch.setenv("PIPELINE_QUEUE_NAME", settings.queue_name)
-    get_settings.cache_clear()
-
-    async def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            code = await asyncio.to_thread(cli.main, list(args))
-        except SystemExit as exc:  # argparse refusing an argument
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    get_settings.cache_clear()
 
 
 async def node_ids(engine: AsyncEngine) -> set[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,9 +15,8 @@ from arq.worker import Worker
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pipeline import cli
 from pipeline.ops import status
-from pipeline.settings import Settings, get_settings
+from pipeline.settings import Settings
 from tests.integration.helpers import rows, scalar, seed_tree, stop_worker
 
 INVALID = [  # each is dead-lettered on its first try
@@ -40,26 +39,6 @@ async def published(
             return seen[0]
         assert time.monotonic() < deadline, seen
         await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-def run_cli(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Iterator[Callable[..., Any]]:
-    """Run ``pipeline …`` in a thread (it runs its own event loop) against this test's services;
-    its standard output."""
-    monkeypatch.setenv("PIPELINE_DATABASE_URL", str(settings.database_url))
-    monkeypatch.setenv("PIPELINE_REDIS_URL", str(settings.redis_url))
-    monkeypatch.setenv("PIPELINE_QUEUE_NAME", settings.queue_name)
-    get_settings.cache_clear()
-
-    async def run(*args: str) -> str:
-        capsys.readouterr()
-        assert await asyncio.to_thread(cli.main, list(args)) == 0
-        return capsys.readouterr().out
-
-    yield run
-    get_settings.cache_clear()
 
 
 async def test_status_reports_what_redis_and_postgres_hold(
@@ -97,7 +76,9 @@ async def test_status_reports_what_redis_and_postgres_hold(
     await producer.set(f"arq:in-progress:{due[0].job_id}", b"1", px=60_000)
     await producer.set("arq:in-progress:a-job-of-another-queue", b"1", px=60_000)
 
-    report = json.loads(await run_cli("status", "--json", "--exact"))
+    code, out, _ = await run_cli("status", "--json", "--exact")
+    assert code == 0
+    report = json.loads(out)
 
     now = time.time() * 1000
     waiting = await producer.zrange(queue, 1, 1, withscores=True)  # due[1], the oldest not taken
@@ -134,7 +115,8 @@ async def test_status_reports_what_redis_and_postgres_hold(
     assert entry["last_flush"]["rows"] >= 1 and entry["last_flush"]["at"]
     assert 0 <= entry["seen_age_s"] < status.WORKER_TTL_S
 
-    human = await run_cli("status")
+    code, human, _ = await run_cli("status")
+    assert code == 0
     for word in ("queue", "in progress", "deferred", "workers", "insert_nodes", "update_statuses"):
         assert word in human
     assert "rows per table" in human and "rows (estimated)" in human

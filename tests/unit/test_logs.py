@@ -7,7 +7,6 @@ import logging
 import logging.config
 import os
 import socket
-from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -17,18 +16,6 @@ from pipeline.postgres import redacted
 from pipeline.settings import Settings
 
 
-@pytest.fixture
-def root_logger() -> Iterator[logging.Logger]:
-    """The root logger, its handlers put back afterwards: ``logs.configure`` installs one that
-    writes to this test's captured stderr, closed once the test ends."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield root
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.mark.usefixtures("root_logger")
 def test_arq_job_lines_are_dropped_but_failures_kept(capfd: pytest.CaptureFixture[str]) -> None:
     logs.configure(Settings(log_level="INFO"))
     arq_records = logging.getLogger("arq.worker")
@@ -60,7 +47,6 @@ def test_a_worker_id_is_made_once_and_put_on_every_line() -> None:
     assert host == socket.gethostname() and pid == str(os.getpid()) and len(suffix) == 6
 
 
-@pytest.mark.usefixtures("root_logger")
 def test_arq_job_lines_are_kept_when_asked_for(capfd: pytest.CaptureFixture[str]) -> None:
     logs.configure(Settings(log_level="INFO", log_jobs=True, log_format="json"))
     logging.getLogger("arq.worker").info("%6.2fs ← %s ● %s", 0.01, "abc:update_scores", "")
@@ -68,7 +54,6 @@ def test_arq_job_lines_are_kept_when_asked_for(capfd: pytest.CaptureFixture[str]
     assert json.loads(line)["event"] == "  0.01s ← abc:update_scores ● "
 
 
-@pytest.mark.usefixtures("root_logger")
 def test_arqs_dict_config_installs_the_pipelines_handler(capfd: pytest.CaptureFixture[str]) -> None:
     """What ``arq … --custom-log-dict pipeline.logs.ARQ_LOGGING`` does before the worker starts:
     arq's own first lines come out as JSON, with a failure's ``extra``."""
