@@ -181,7 +181,7 @@ class BatchWorker(Worker):
         return True
 
     async def claim(self, want: int) -> list[ClaimedJob]:
-        """ClaimedJob up to ``want`` due jobs in one round trip, as arq reads them: due first, at
+        """Claim up to ``want`` due jobs in one round trip, as arq reads them: due first, at
         most ``queue_read_limit`` of the queue looked at."""
         if self._claim_script is None:
             self._claim_script = self.pool.register_script(CLAIM)
