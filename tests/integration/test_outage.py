@@ -57,10 +57,11 @@ async def test_jobs_wait_out_an_unreachable_database_without_spending_tries(
     await seed_tree(producer, "p", [])
     await worker_of().main()
     through_proxy = make_url(database_url).set(port=proxy.port)
+    job_timeout_s = 2
     worker = worker_of(
         burst=False,
         database_url=through_proxy.render_as_string(hide_password=False),
-        job_timeout_s=2,
+        job_timeout_s=job_timeout_s,
     )
     running = asyncio.create_task(worker.main())
     await until(lambda: "pipeline" in worker.ctx, "the worker has started")
@@ -79,7 +80,7 @@ async def test_jobs_wait_out_an_unreachable_database_without_spending_tries(
     runner = runtime(worker.ctx)
     await until(lambda: not runner.gate.is_open, "the first flush that fails closes the gate")
     assert runner.gate.reason is not None
-    await asyncio.sleep(3 * settings.job_timeout_s)  # each job reaches its wait more than twice
+    await asyncio.sleep(3 * job_timeout_s)  # each job reaches its wait more than twice
     assert await in_progress(producer) == 0  # it handed back what it held and claims nothing
     assert await producer.zcard(settings.queue_name) == 25
     await proxy.up()
