@@ -34,6 +34,12 @@ ARQ_LOGGING: dict[str, Any] = {
     "root": {"handlers": ["pipeline"]},
 }
 
+#: arq's loggers, whose own handlers :func:`handler` removes so they reach the root's.
+ARQ_LOGGERS = ("arq", "arq.worker", "arq.jobs", "arq.connections")
+ALEMBIC_PLUGINS = "alembic.runtime.plugins"
+#: every logger :func:`handler` changes (``""`` is the root).
+CONFIGURED = ("", ALEMBIC_PLUGINS, *ARQ_LOGGERS)
+
 
 class _DropArqJobLines(logging.Filter):
     """arq formats every per-job INFO line as ``'%6.2fs …'``; errors stay."""
@@ -91,8 +97,8 @@ def handler(settings: Settings | None = None) -> logging.Handler:
     if not settings.log_jobs:
         out.addFilter(_DropArqJobLines())
     logging.getLogger().setLevel(settings.log_level.upper())
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin
-    for name in ("arq", "arq.worker", "arq.jobs", "arq.connections"):
+    logging.getLogger(ALEMBIC_PLUGINS).setLevel(logging.WARNING)  # a line per plugin
+    for name in ARQ_LOGGERS:
         arq_logger = logging.getLogger(name)
         arq_logger.handlers.clear()
         arq_logger.propagate = True

@@ -9,7 +9,9 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-CONFIGURED = ["", "arq", "arq.worker", "arq.jobs", "arq.connections", "alembic.runtime.plugins"]
+import pytest
+
+from pipeline.logs import CONFIGURED
 
 
 @contextmanager
@@ -35,11 +37,10 @@ def failed_emits() -> Iterator[list[str]]:
     original = logging.Handler.handleError
 
     def handle_error(handler: logging.Handler, record: logging.LogRecord) -> None:
-        seen.append(f"{sys.exc_info()[1]!r} writing {record.getMessage()!r}")
+        # the record's format string: formatting it may be what failed
+        seen.append(f"{sys.exc_info()[1]!r} writing {record.msg!r}")
         original(handler, record)
 
-    logging.Handler.handleError = handle_error  # type: ignore[method-assign]
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logging.Handler, "handleError", handle_error)
         yield seen
-    finally:
-        logging.Handler.handleError = original  # type: ignore[method-assign]

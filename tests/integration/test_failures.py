@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.settings import Settings
 from tests.integration.batching import until
-from tests.integration.helpers import failure, rows, scalar, seed_tree
+from tests.integration.helpers import failure, rows, scalar, seed_tree, stop_worker
 
 DEAD = "SELECT function, error_class, error_message, tries, payload FROM dead_letters ORDER BY id"
 
@@ -45,7 +45,7 @@ async def test_child_enqueued_before_its_parent_lands_once_the_parent_exists(
     await producer.enqueue_job(
         "insert_nodes", project_id="p", nodes=[{"node_id": "b", "parent_id": "root", "label": "b"}]
     )
-    await asyncio.wait_for(running, 30)
+    await stop_worker(worker, running)
     assert worker.jobs_failed == 0
     assert (await child.result(timeout=5))["rows"] == 1
     assert (await score.result(timeout=5))["rows"] == 1
@@ -77,7 +77,7 @@ async def test_a_child_waits_for_its_parent_longer_than_max_tries_hand_backs(
     await until(lambda: worker.jobs_retried > 2 * settings.max_tries, "many hand-backs")
     late = {"node_id": "late", "parent_id": "root", "label": "l"}
     await producer.enqueue_job("insert_nodes", project_id="p", nodes=[late])
-    await asyncio.wait_for(running, 30)
+    await stop_worker(worker, running)
     # Handed back many more times than max_tries: a missing reference is given time, not tries.
     assert worker.jobs_failed == 0 and worker.jobs_complete == 2
     info = await child.result_info()
